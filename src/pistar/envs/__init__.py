@@ -1,0 +1,18 @@
+"""Environment adapters. `make_env("babyai/GoToLocal")` builds one from its id."""
+
+from __future__ import annotations
+
+from pistar.envs.base import Env, StepResult
+
+
+def make_env(env_id: str, **kwargs: object) -> Env:
+    """Build an environment from an id of the form `family/task`."""
+    family, _, task = env_id.partition("/")
+    if family == "babyai":
+        from pistar.envs.babyai import BabyAIEnv
+
+        return BabyAIEnv(task or "GoToLocal", **kwargs)
+    raise ValueError(f"unknown environment {env_id!r}: expected 'babyai/<Level>', e.g. babyai/GoToLocal")
+
+
+__all__ = ["Env", "StepResult", "make_env"]

@@ -1,0 +1,48 @@
+"""One interface for every model backend: async `complete(messages, schema=...)` returning exact tokens."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""  # "stop", "length", "error"
+    latency_s: float = 0.0
+
+
+class ModelError(RuntimeError):
+    """The backend failed (server down, timeout after retries, out of context); the message says what to do."""
+
+
+class Model(ABC):
+    """A chat model. `schema` (a JSON schema) asks the backend to constrain decoding where it can."""
+
+    uri: str = ""
+    vision: bool = False  # whether images in messages are sent to the model
+    sha256: str | None = None  # of the weights, when they are a local file
+
+    @abstractmethod
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Completion: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def info(self) -> dict[str, Any]:
+        return {"uri": self.uri, "vision": self.vision, "sha256": self.sha256}
