@@ -25,7 +25,7 @@ TOOLS = ("calculator", "python")
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """One clear line for the user, no traceback."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -219,3 +219,7 @@ def serve(
     except KeyboardInterrupt:
         pass
     server.close()
+
+
+if __name__ == "__main__":
+    app()

@@ -195,7 +195,10 @@ class BabyAIEnv(Env):
             "toggle: open or close the door in front of you (a locked door opens only while you carry "
             "a key of its colour), or open the box in front of you. "
             "There is no 'done' action: the episode ends by itself once the goal is achieved. "
-            "Positions are relative to you: 'forward' is the way you face, 'left' and 'right' your sides."
+            "Positions are relative to you: 'forward' is the way you face, 'left' and 'right' your sides. "
+            "You are next to an object when it is '1 step forward': that is how you 'go to' it, and where it "
+            "must be to pick it up or open it. An object to your left or right comes in front of you by "
+            "turning that way; something behind you is not in view, so turn to look around."
         )
 
     @property

@@ -1,0 +1,105 @@
+"""The agent loop with the real BabyAI environment: the expert, scripted model output, budgets, errors, records."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ScriptedModel
+
+from pistar.agent import Budget, ExpertAgent, LLMAgent, run_episode
+from pistar.envs import make_env
+from pistar.envs.babyai import BabyAIEnv
+from pistar.records import Trajectory
+from pistar.tools.calculator import calculator
+from pistar.viewer import render_html
+
+
+async def test_expert_solves_50_of_50_gotolocal_through_the_loop() -> None:
+    env = make_env("babyai/GoToLocal")
+    env.render = False
+    results = [await run_episode(env, ExpertAgent(), seed) for seed in range(50)]
+    assert sum(t.success for t in results) == 50
+    assert all(t.stop_reason == "terminated" and t.valid_action_rate == 1.0 for t in results)
+    assert len({t.task for t in results}) > 5  # different seeds, different missions
+
+
+async def test_garbage_output_counts_invalid_and_the_model_sees_the_error() -> None:
+    replies = [
+        "",
+        '{"thought": "go',
+        '{"thought": "x", "action": "fly"}',
+        "z" * 10_000_000,
+        '{"thought": "ok", "action": "turn left"}',
+    ]
+    model = ScriptedModel(replies)
+    traj = await run_episode(BabyAIEnv("GoToLocal", render=False), LLMAgent(model), 0, Budget(max_steps=6))
+    kinds = [s.error_kind for s in traj.steps]
+    assert kinds[:4] == ["empty", "bad_json", "unknown_action", "too_long"]
+    assert traj.invalid_actions == 4 and traj.steps[4].valid and traj.steps[4].action.name == "turn left"
+    assert traj.stop_reason == "max_steps" and traj.num_steps == 6
+    # the error of step i is in the last user message of step i+1
+    for i in range(4):
+        last_user = model.seen[i + 1][-1]["content"]
+        assert traj.steps[i].error in last_user
+    assert traj.valid_action_rate == pytest.approx(2 / 6)
+
+
+async def test_tool_result_reaches_the_next_prompt_and_bad_args_are_invalid() -> None:
+    model = ScriptedModel(
+        [
+            '{"thought": "compute", "tool": "calculator", "args": {"expression": "6*7"}}',
+            '{"thought": "oops", "tool": "calculator", "args": {"expr": "1"}}',
+            '{"thought": "move", "action": "go forward"}',
+        ]
+    )
+    traj = await run_episode(BabyAIEnv(render=False), LLMAgent(model, [calculator]), 1, Budget(max_steps=3))
+    assert traj.steps[0].result == "42" and traj.steps[0].valid
+    assert "Result of calculator:\n42" in model.seen[1][-1]["content"]
+    assert traj.steps[1].error_kind == "bad_args" and not traj.steps[1].valid
+    assert "expression" in model.seen[2][-1]["content"]
+    assert traj.steps[2].action.kind == "act"
+
+
+async def test_history_window_is_bounded() -> None:
+    model = ScriptedModel(['{"thought": "spin", "action": "turn left"}'])
+    await run_episode(BabyAIEnv(render=False), LLMAgent(model, history=3), 0, Budget(max_steps=20))
+    sizes = [len(m) for m in model.seen]
+    assert max(sizes) == 1 + 2 * 3 + 1  # system + 3 turns + current
+    assert "(16 earlier steps not shown)" in model.seen[-1][1]["content"]
+
+
+async def test_token_and_time_budgets_stop_the_episode() -> None:
+    model = ScriptedModel(['{"thought": "spin", "action": "turn left"}'])
+    traj = await run_episode(BabyAIEnv(render=False), LLMAgent(model), 0, Budget(max_steps=100, max_tokens=45))
+    assert traj.stop_reason == "max_tokens" and traj.num_steps == 3  # 15 tokens a call
+    env = BabyAIEnv(render=False, max_steps=10**7)
+    traj = await run_episode(env, LLMAgent(model), 0, Budget(max_steps=10**6, max_seconds=0.2))
+    assert traj.stop_reason == "max_seconds" and traj.duration_s < 5
+
+
+class CrashingEnv(BabyAIEnv):
+    def step(self, action):  # noqa: ANN001, ANN201
+        if self.core.step_count >= 2:
+            raise RuntimeError("simulator segfault")
+        return super().step(action)
+
+
+async def test_a_crashing_environment_is_recorded_not_raised() -> None:
+    traj = await run_episode(CrashingEnv(render=False), ExpertAgent(), 3)
+    assert traj.stop_reason == "error" and "simulator segfault" in traj.error
+    assert traj.num_steps == 3 and not traj.success
+
+
+async def test_trajectory_roundtrip_with_frames_and_html(tmp_path: Path) -> None:
+    traj = await run_episode(BabyAIEnv("GoToLocal"), ExpertAgent(), 5)
+    path = traj.save(tmp_path / "ep")
+    data = json.loads(path.read_text())
+    assert data["summary"]["success"] is True
+    frames = sorted((tmp_path / "ep" / "frames").glob("*.png"))
+    assert len(frames) == traj.num_steps + 1
+    loaded = Trajectory.load(tmp_path / "ep")
+    assert loaded.summary() == traj.summary()
+    assert [s.action.name for s in loaded.steps] == [s.action.name for s in traj.steps]
+    page = render_html(loaded, tmp_path / "ep")
+    assert page.count("data:image/png;base64,") == traj.num_steps + 1
+    assert "success" in page and loaded.steps[0].observation.text.split("\n")[0] in page

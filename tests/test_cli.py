@@ -1,0 +1,98 @@
+"""The `pistar` command as a user runs it: a real subprocess, real files, one clear line on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SMALL, require
+
+PISTAR = [sys.executable, "-m", "pistar.cli"]
+
+
+def pistar(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PISTAR, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def test_expert_run_writes_trajectory_and_page_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = pistar(
+        "run", "--agent", "expert", "--env", "babyai/GoToLocal", "--seed", "3", "--episodes", "3", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    for s in (3, 4, 5):
+        data = json.loads((out / f"seed_{s:04d}" / "trajectory.json").read_text())
+        assert data["success"] is True and data["seed"] == s
+        page = (out / f"seed_{s:04d}" / "index.html").read_text()
+        assert page.count("data:image/png;base64,") == len(data["steps"]) + 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["seed"] for r in summary] == [3, 4, 5]
+    # delete one episode: the rerun plays only that one
+    first = (out / "seed_0003" / "trajectory.json").stat().st_mtime_ns
+    (out / "seed_0004" / "trajectory.json").unlink()
+    again = pistar("run", "--agent", "expert", "--seed", "3", "--episodes", "3", "--out", str(out))
+    assert again.returncode == 0 and "2 of 3 episodes already done" in again.stderr
+    assert (out / "seed_0004" / "trajectory.json").exists()
+    assert (out / "seed_0003" / "trajectory.json").stat().st_mtime_ns == first
+
+
+def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
+    cases = [
+        (["run", "--env", "babyai/GoToNowhere"], "unknown BabyAI level"),
+        (["run", "--env", "atari/Pong"], "unknown environment"),
+        (["run", "--model", "ollama:llama3"], "bad model URI"),
+        (["run", "--model", "embedded:qwen2.5-coder-1.5b"], "pistar models pull qwen2.5-coder-1.5b"),
+        (["run", "--agent", "expert", "--tools", "browser"], None),  # tools are ignored by the expert
+        (["run", "--tools", "browser"], "unknown tool(s) browser"),
+        (["models", "pull", "gpt-5"], "unknown model 'gpt-5'"),
+    ]
+    for args, expected in cases:
+        done = (
+            pistar(*args, "--out", str(tmp_path / "x"), env={"PISTAR_HOME": str(tmp_path / "empty")})
+            if args[0] == "run"
+            else pistar(*args)
+        )
+        if expected is None:
+            assert done.returncode == 0, done.stderr
+            continue
+        assert done.returncode == 2, (args, done.stderr)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected in errors[0], (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_models_list_shows_the_catalog() -> None:
+    done = pistar("models", "list")
+    assert done.returncode == 0
+    for name in ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "gemma-3-270m"):
+        assert name in done.stdout
+
+
+def test_embedded_model_plays_babyai_end_to_end(tmp_path: Path) -> None:
+    """The real 0.5B model through the CLI: a trajectory with exact token ids and an HTML page."""
+    require(SMALL)
+    out = tmp_path / "llm"
+    done = pistar(
+        "run", "--model", f"embedded:{SMALL}?parallel=1&ctx=4096", "--max-steps", "4", "--seed", "0", "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "seed_0000" / "trajectory.json").read_text())
+    assert 1 <= len(data["steps"]) <= 4
+    valid = [s for s in data["steps"] if s["error_kind"] is None]
+    assert len(valid) >= len(data["steps"]) - 1  # constrained decoding: the model's replies parse
+    for s in data["steps"]:
+        call = s["calls"][0]
+        assert (
+            call["prompt_ids"]
+            and call["completion_ids"]
+            and len(call["completion_logprobs"]) == len(call["completion_ids"])
+        )
+        assert call["messages"][0]["role"] == "system"
+    assert (out / "seed_0000" / "index.html").stat().st_size > 10_000
