@@ -96,3 +96,54 @@ def test_embedded_model_plays_babyai_end_to_end(tmp_path: Path) -> None:
         )
         assert call["messages"][0]["role"] == "system"
     assert (out / "seed_0000" / "index.html").stat().st_size > 10_000
+
+
+def test_serve_exposes_an_openai_compatible_server() -> None:
+    """`pistar serve` in a subprocess; pistar's own openai backend talks to it; SIGTERM stops it."""
+    import asyncio
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    from pistar.models import load_model
+
+    require(SMALL)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [*PISTAR, "serve", "--model", f"embedded:{SMALL}?parallel=2&ctx=4096", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.5)
+        model = load_model(f"openai:{SMALL}@http://127.0.0.1:{port}/v1")
+        reply = asyncio.run(
+            model.complete(
+                [{"role": "user", "content": "Say hi in JSON."}],
+                schema={
+                    "type": "object",
+                    "properties": {"hi": {"type": "string"}},
+                    "required": ["hi"],
+                    "additionalProperties": False,
+                },
+                max_tokens=24,
+            )
+        )
+        assert "hi" in json.loads(reply.text)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0

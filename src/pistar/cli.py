@@ -11,6 +11,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from pistar.models import DEFAULT_URI
@@ -58,16 +68,19 @@ def run(
     tools: Annotated[str, typer.Option(help="Comma-separated tools: calculator,python.")] = "",
     unconstrained: Annotated[bool, typer.Option(help="Do not constrain decoding to the action schema.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<env>-<agent>-<time>).")] = None,
+    parallel: Annotated[int, typer.Option(help="Episodes played at once (model calls are batched by the server).")] = 1,
 ) -> None:
     """Play episodes with an agent; write each trajectory and its HTML page. Rerun with the same --out to resume."""
     from pistar.agent import Budget, ExpertAgent, LLMAgent, run_episode
-    from pistar.envs import make_env
+    from pistar.envs import Env, make_env
     from pistar.models import ModelError, ModelMissing, load_model
     from pistar.records import Trajectory
     from pistar.viewer import write_html
 
     if agent not in ("llm", "expert"):
         raise fail(f"--agent {agent!r}: expected llm or expert")
+    if parallel < 1 or episodes < 1:
+        raise fail("--parallel and --episodes must be at least 1")
     try:
         environment = make_env(env)
     except ValueError as e:
@@ -95,32 +108,57 @@ def run(
     budget = Budget(max_steps=max_steps, max_tokens=max_tokens, max_seconds=max_seconds)
     _stop_on_sigterm()
 
+    async def play_one(s: int, environment: Env, progress: Progress, bar: TaskID) -> None:
+        tag = f"[dim]seed {s}[/] " if parallel > 1 else ""
+
+        def show(step, traj):  # noqa: ANN001 - the loop's callback signature
+            mark = "[green]✓[/]" if step.valid else "[red]✗[/]"
+            tail = f" [red]{step.error_kind}: {step.error}[/]" if step.error else ""
+            act = step.action.label() if step.action else "(invalid)"
+            reward = f" reward {step.reward:.3f}" if step.reward else ""
+            took = f"{step.agent_s + step.env_s:.2f}s"
+            progress.console.print(
+                f"{tag}{mark} step {step.index:3d}  {act}{reward}  [dim]{took}[/]{tail}", highlight=False
+            )
+
+        traj = await run_episode(environment, policy, s, budget, callbacks=[show])
+        episode_dir = out / f"seed_{s:04d}"
+        traj.save(episode_dir)
+        write_html(traj, episode_dir / "index.html")
+        result = "[green]success[/]" if traj.success else "[red]failure[/]"
+        progress.console.print(
+            f"{tag}{result} in {traj.num_steps} steps · valid actions {traj.valid_action_rate:.0%} · "
+            f"{traj.duration_s:.1f}s · stop: {traj.stop_reason}"
+            + (f" · [red]{traj.error}[/]" if traj.error else "")
+            + f"\n  {tag}page: {episode_dir / 'index.html'}",
+            highlight=False,
+        )
+        progress.advance(bar)
+
     async def play() -> None:
-        for s in todo:
-            console.rule(f"{env} · seed {s}")
+        envs = [environment] + [make_env(env) for _ in range(min(parallel, len(todo)) - 1)]
+        queue = list(todo)
+        columns = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task(f"{env} episodes", total=len(todo))
 
-            def show(step, traj):  # noqa: ANN001 - the loop's callback signature
-                mark = "[green]✓[/]" if step.valid else "[red]✗[/]"
-                tail = f" [red]{step.error_kind}: {step.error}[/]" if step.error else ""
-                act = step.action.label() if step.action else "(invalid)"
-                reward = f" reward {step.reward:.3f}" if step.reward else ""
-                took = f"{step.agent_s + step.env_s:.2f}s"
-                console.print(f"{mark} step {step.index:3d}  {act}{reward}  [dim]{took}[/]{tail}", highlight=False)
+            async def worker(e: Env) -> None:
+                while queue:
+                    await play_one(queue.pop(0), e, progress, bar)
 
-            with console.status(f"playing seed {s} …"):
-                traj = await run_episode(environment, policy, s, budget, callbacks=[show])
-            episode_dir = out / f"seed_{s:04d}"
-            traj.save(episode_dir)
-            write_html(traj, episode_dir / "index.html")
-            result = "[green]success[/]" if traj.success else "[red]failure[/]"
-            console.print(
-                f"{result} in {traj.num_steps} steps · valid actions {traj.valid_action_rate:.0%} · "
-                f"{traj.duration_s:.1f}s · stop: {traj.stop_reason}"
-                + (f" · [red]{traj.error}[/]" if traj.error else "")
-            )
-            console.print(
-                f"  trajectory: {episode_dir / 'trajectory.json'}\n  page:       {episode_dir / 'index.html'}"
-            )
+            try:
+                await asyncio.gather(*[worker(e) for e in envs])
+            finally:
+                for e in envs[1:]:
+                    e.close()
 
     try:
         asyncio.run(play())
