@@ -102,9 +102,8 @@ async def test_hf_backend_constrained_and_token_exact() -> None:
     model = load_model(f"hf:{SMALL}")
     c = await model.complete(MESSAGES, schema=SPACE.schema(), max_tokens=64)
     assert isinstance(SPACE.parse(c.text), Action), c.text
-    expected = model.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
-    expected = expected["input_ids"] if isinstance(expected, dict) else expected
-    assert c.prompt_ids == list(expected)
+    expected = model.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert c.prompt_ids == list(expected["input_ids"])
     assert model.tokenizer.decode(c.completion_ids, skip_special_tokens=True) == c.text
     assert len(c.logprobs) == len(c.completion_ids) and all(lp <= 0 for lp in c.logprobs)
     assert json.loads(c.text)  # constrained: valid JSON even from a 0.5B model
