@@ -19,6 +19,18 @@ class Completion:
     latency_s: float = 0.0
 
 
+def text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten content parts to plain text for a model that cannot see: images become a short marker."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            pieces = [p.get("text", "") if p.get("type") == "text" else "[image]" for p in content]
+            m = {**m, "content": "\n".join(pieces)}
+        out.append(m)
+    return out
+
+
 class ModelError(RuntimeError):
     """The backend failed (server down, timeout after retries, out of context); the message says what to do."""
 

@@ -17,19 +17,7 @@ from typing import Any
 import httpx
 
 from pistar.models import weights
-from pistar.models.base import Completion, Model, ModelError
-
-
-def text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flatten content parts to plain text for a model that cannot see: images become a short marker."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            pieces = [p.get("text", "") if p.get("type") == "text" else "[image]" for p in content]
-            m = {**m, "content": "\n".join(pieces)}
-        out.append(m)
-    return out
+from pistar.models.base import Completion, Model, ModelError, text_only
 
 
 class EmbeddedModel(Model):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pistar.models import weights
-from pistar.models.base import Completion, Model, ModelError
+from pistar.models.base import Completion, Model, ModelError, text_only
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -138,8 +138,6 @@ class HFModel(Model):
 
         t0 = time.perf_counter()
         if not self.vision:
-            from pistar.models.embedded import text_only
-
             messages = text_only(messages)
         enc = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"

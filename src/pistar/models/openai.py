@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from pistar.models.base import Completion, Model, ModelError
+from pistar.models.base import Completion, Model, ModelError, text_only
 
 
 class OpenAIModel(Model):
@@ -66,8 +66,6 @@ class OpenAIModel(Model):
         seed: int | None = None,
     ) -> Completion:
         if not self.vision:
-            from pistar.models.embedded import text_only
-
             messages = text_only(messages)
         kwargs: dict[str, Any] = {
             "model": self.model,
