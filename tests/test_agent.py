@@ -103,3 +103,22 @@ async def test_trajectory_roundtrip_with_frames_and_html(tmp_path: Path) -> None
     page = render_html(loaded, tmp_path / "ep")
     assert page.count("data:image/png;base64,") == traj.num_steps + 1
     assert "success" in page and loaded.steps[0].observation.text.split("\n")[0] in page
+
+
+def test_window_moves_in_jumps_so_prompts_extend_each_other() -> None:
+    from pistar.agent import window_start
+
+    starts = [window_start(n, 4) for n in range(12)]
+    assert starts == [0, 0, 0, 0, 0, 2, 2, 4, 4, 6, 6, 8]
+    assert all(2 <= n - s <= 4 for n, s in enumerate(starts) if n >= 4)
+    assert [window_start(n, 0) for n in range(3)] == [0, 1, 2]
+
+
+async def test_prompt_is_a_prefix_of_the_next_between_jumps() -> None:
+    model = ScriptedModel(['{"thought": "spin", "action": "turn left"}'])
+    await run_episode(BabyAIEnv(render=False, max_steps=100), LLMAgent(model, history=4), 0, Budget(max_steps=12))
+    extends = [model.seen[t + 1][: len(model.seen[t]) - 1] == model.seen[t][:-1] for t in range(11)]
+    # steps 0-4 grow the window; after that, every other step keeps the start and only appends
+    assert extends[:4] == [True] * 4
+    assert sum(extends[4:]) >= 3
+    assert max(len(m) for m in model.seen) == 1 + 2 * 4 + 1

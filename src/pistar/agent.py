@@ -90,12 +90,12 @@ class LLMAgent:
         }
 
     def messages(self, obs: Observation, env: Env, history: list[Step], space: ActionSpace) -> list[dict[str, Any]]:
-        """System prompt, the last `history` turns, then the current observation with the last outcome."""
+        """System prompt, at most `history` recent turns, then the current observation with the last outcome."""
         system = SYSTEM_PROMPT.format(actions=env.describe_actions(), format=space.describe())
         msgs: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        window = history[-self.history :] if self.history > 0 else []
-        omitted = len(history) - len(window)
-        previous = history[-len(window) - 1] if omitted > 0 else None
+        omitted = window_start(len(history), self.history)
+        window = history[omitted:]
+        previous = history[omitted - 1] if omitted > 0 else None
         for i, step in enumerate(window):
             note = f"({omitted} earlier steps not shown)\n" if i == 0 and omitted else ""
             msgs.append({"role": "user", "content": note + _feedback(previous) + _obs_text(step.observation)})
@@ -139,6 +139,21 @@ class LLMAgent:
                 parsed.message += f" (the reply hit the {self.max_tokens}-token limit: be shorter)"
             return Decision(None, [call], parsed)
         return Decision(parsed, [call])
+
+
+def window_start(n: int, size: int) -> int:
+    """Index of the oldest past turn kept in the prompt, out of `n`, keeping at most `size`.
+
+    The window's start moves in jumps of size // 2 rather than one turn a step, so that between jumps each
+    prompt extends the previous one and the server's prompt cache reuses it: about half the prompt tokens to
+    evaluate per step, for a prompt that is still bounded.
+    """
+    if size <= 0:
+        return n
+    if n <= size:
+        return 0
+    chunk = max(1, size // 2)
+    return -(-(n - size) // chunk) * chunk
 
 
 class ExpertAgent:
