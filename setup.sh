@@ -35,4 +35,5 @@ fi
 for model in ${PISTAR_MODELS:-qwen2.5-coder-1.5b qwen2.5-coder-0.5b}; do
   .venv/bin/pistar models pull "$model"
 done
+.venv/bin/pistar data pull bfcl
 echo "pistar is set up: .venv/bin/pistar --help"

@@ -9,6 +9,7 @@ import pytest
 from conftest import SMALL, require
 
 from pistar.actions import ActionSpace
+from pistar.downloads import sha256_file
 from pistar.models import ModelError, ModelMissing, load_model, parse_uri, weights
 from pistar.records import Action
 from pistar.tools.calculator import calculator
@@ -47,7 +48,7 @@ def test_catalog_pins_are_consistent() -> None:
 
 def test_pulled_weights_match_their_sha256() -> None:
     require(SMALL)
-    assert weights.sha256_file(weights.path_of(SMALL)) == weights.CATALOG[SMALL].sha256
+    assert sha256_file(weights.path_of(SMALL)) == weights.CATALOG[SMALL].sha256
 
 
 async def test_embedded_records_exact_tokens_and_obeys_the_schema(small_model) -> None:  # noqa: ANN001
@@ -102,7 +103,9 @@ async def test_hf_backend_constrained_and_token_exact() -> None:
     model = load_model(f"hf:{SMALL}")
     c = await model.complete(MESSAGES, schema=SPACE.schema(), max_tokens=64)
     assert isinstance(SPACE.parse(c.text), Action), c.text
-    expected = model.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True)
+    expected = model.tokenizer.apply_chat_template(
+        MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     assert c.prompt_ids == list(expected["input_ids"])
     assert model.tokenizer.decode(c.completion_ids, skip_special_tokens=True) == c.text
     assert len(c.logprobs) == len(c.completion_ids) and all(lp <= 0 for lp in c.logprobs)

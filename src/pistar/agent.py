@@ -226,7 +226,7 @@ async def run_episode(
                 step.result = await asyncio.to_thread(tools[action.name], action.args)
             except ToolError as e:
                 step.error, step.error_kind = str(e), e.kind
-        elif action is not None and action.kind == "act":
+        elif action is not None and (action.kind == "act" or (action.kind == "answer" and env.accepts_answers)):
             try:
                 result = env.step(action)
             except Exception as e:

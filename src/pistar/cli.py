@@ -29,6 +29,9 @@ from pistar.models import weights as weights_mod
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="pistar: agentic multimodal LLMs, offline first.")
 models_app = typer.Typer(no_args_is_help=True, help="List and pull the offline model weights.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Pull the data sets some environments need (pinned, verified).")
+app.add_typer(data_app, name="data")
+DATASETS = ("bfcl",)
 console = Console(stderr=True)
 TOOLS = ("calculator", "python")
 
@@ -83,7 +86,7 @@ def run(
         raise fail("--parallel and --episodes must be at least 1")
     try:
         environment = make_env(env)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # unknown ids, data not pulled
         raise fail(str(e)) from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = out or Path("runs") / f"{env.replace('/', '-')}-{agent}-{stamp}"
@@ -103,7 +106,13 @@ def run(
         except (ModelMissing, ValueError, FileNotFoundError) as e:
             raise fail(str(e)) from None
         policy = LLMAgent(
-            llm, tool_list, history=history, temperature=temperature, constrained=not unconstrained, seed=seed
+            llm,
+            tool_list,
+            history=history,
+            temperature=temperature,
+            constrained=not unconstrained,
+            seed=seed,
+            answer=environment.accepts_answers,
         )
     budget = Budget(max_steps=max_steps, max_tokens=max_tokens, max_seconds=max_seconds)
     _stop_on_sigterm()
@@ -222,6 +231,23 @@ def models_pull(
     except (weights_mod.ModelMissing, RuntimeError) as e:
         raise fail(str(e)) from None
     console.print(f"[green]ok[/] {name}: {path} (sha256 verified)")
+
+
+@data_app.command("pull")
+def data_pull(
+    name: Annotated[str, typer.Argument(help="bfcl: the Berkeley Function Calling Leaderboard cases.")],
+    force: Annotated[bool, typer.Option(help="Download and extract again even if present.")] = False,
+) -> None:
+    """Download a data set's pinned wheel from the package index and extract its data files."""
+    if name not in DATASETS:
+        raise fail(f"unknown data set {name!r}: choose from {', '.join(DATASETS)}")
+    from pistar.envs.bfcl import pull_bfcl
+
+    try:
+        path = pull_bfcl(force=force)
+    except RuntimeError as e:
+        raise fail(str(e)) from None
+    console.print(f"[green]ok[/] {name}: {path}")
 
 
 @app.command()

@@ -12,7 +12,13 @@ def make_env(env_id: str, **kwargs: object) -> Env:
         from pistar.envs.babyai import BabyAIEnv
 
         return BabyAIEnv(task or "GoToLocal", **kwargs)
-    raise ValueError(f"unknown environment {env_id!r}: expected 'babyai/<Level>', e.g. babyai/GoToLocal")
+    if family == "bfcl":
+        from pistar.envs.bfcl import BFCLEnv
+
+        return BFCLEnv(task or "simple", **kwargs)
+    raise ValueError(
+        f"unknown environment {env_id!r}: expected babyai/<Level> (e.g. babyai/GoToLocal) or bfcl/<category>"
+    )
 
 
 __all__ = ["Env", "StepResult", "make_env"]

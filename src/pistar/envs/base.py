@@ -26,6 +26,7 @@ class Env(ABC):
     """
 
     id: str = ""
+    accepts_answers: bool = False  # True where the episode is played by answering (function calling, QA)
 
     @abstractmethod
     def reset(self, seed: int) -> Observation: ...

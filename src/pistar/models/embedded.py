@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from pistar.downloads import sha256_file
 from pistar.models import weights
 from pistar.models.base import Completion, Model, ModelError, text_only
 
@@ -44,7 +45,7 @@ class EmbeddedModel(Model):
         self.uri = f"embedded:{model}"
         if model in weights.CATALOG:
             self.sha256 = weights.CATALOG[model].sha256
-            if verify and weights.sha256_file(path) != self.sha256:
+            if verify and sha256_file(path) != self.sha256:
                 raise weights.ModelMissing(
                     f"{path} is corrupt (sha256 mismatch): run `pistar models pull {model} --force`"
                 )

