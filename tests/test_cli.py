@@ -51,6 +51,8 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
         (["run", "--model", "embedded:qwen2.5-coder-1.5b"], "pistar models pull qwen2.5-coder-1.5b"),
         (["run", "--agent", "expert", "--tools", "browser"], None),  # tools are ignored by the expert
         (["run", "--tools", "browser"], "unknown tool(s) browser"),
+        (["run", "--mcp", "http://127.0.0.1:9/mcp"], "cannot connect to MCP server"),
+        (["data", "pull", "imagenet"], "unknown data set 'imagenet'"),
         (["models", "pull", "gpt-5"], "unknown model 'gpt-5'"),
     ]
     for args, expected in cases:

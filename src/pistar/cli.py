@@ -69,6 +69,9 @@ def run(
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.0,
     history: Annotated[int, typer.Option(help="Past turns kept in the prompt.")] = 4,
     tools: Annotated[str, typer.Option(help="Comma-separated tools: calculator,python.")] = "",
+    mcp: Annotated[
+        list[str] | None, typer.Option(help="An MCP server whose tools the agent gets: a URL or a command line.")
+    ] = None,
     unconstrained: Annotated[bool, typer.Option(help="Do not constrain decoding to the action schema.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<env>-<agent>-<time>).")] = None,
     parallel: Annotated[int, typer.Option(help="Episodes played at once (model calls are batched by the server).")] = 1,
@@ -100,6 +103,14 @@ def run(
         policy = ExpertAgent()
     else:
         tool_list = make_tools(tools)
+        for spec in mcp or []:
+            from pistar.tools.base import ToolError
+            from pistar.tools.mcp import mcp_tools
+
+            try:
+                tool_list += mcp_tools(spec)[1]  # the servers stop at exit
+            except ToolError as e:
+                raise fail(str(e)) from None
         console.print(f"loading model [bold]{model}[/] …")
         try:
             llm = load_model(model)
