@@ -21,6 +21,7 @@ fi
 apt_pkgs=()
 command -v bwrap >/dev/null || apt_pkgs+=(bubblewrap)          # the Python tool's sandbox
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3.11-venv)
+{ command -v gcc && command -v make; } >/dev/null || apt_pkgs+=(build-essential)  # textworld builds jericho
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${apt_pkgs[*]}"
   as_root apt-get update -qq

@@ -12,12 +12,17 @@ def make_env(env_id: str, **kwargs: object) -> Env:
         from pistar.envs.babyai import BabyAIEnv
 
         return BabyAIEnv(task or "GoToLocal", **kwargs)
+    if family == "textworld":
+        from pistar.envs.textworld import TextWorldEnv
+
+        return TextWorldEnv(task or "coin_collector", **kwargs)
     if family == "bfcl":
         from pistar.envs.bfcl import BFCLEnv
 
         return BFCLEnv(task or "simple", **kwargs)
     raise ValueError(
-        f"unknown environment {env_id!r}: expected babyai/<Level> (e.g. babyai/GoToLocal) or bfcl/<category>"
+        f"unknown environment {env_id!r}: expected babyai/<Level> (e.g. babyai/GoToLocal), "
+        "textworld/<coin_collector|treasure_hunter|cooking|simple> or bfcl/<category>"
     )
 
 
