@@ -16,13 +16,24 @@ def make_env(env_id: str, **kwargs: object) -> Env:
         from pistar.envs.textworld import TextWorldEnv
 
         return TextWorldEnv(task or "coin_collector", **kwargs)
+    if family == "crafter":
+        if task not in ("", "default"):
+            raise ValueError(f"unknown Crafter task {task!r}: Crafter has one world, crafter/default")
+        from pistar.envs.crafter import CrafterEnv
+
+        return CrafterEnv(**kwargs)
+    if family == "minihack":
+        from pistar.envs.minihack import MiniHackEnv
+
+        return MiniHackEnv(task or "MazeWalk-9x9", **kwargs)
     if family == "bfcl":
         from pistar.envs.bfcl import BFCLEnv
 
         return BFCLEnv(task or "simple", **kwargs)
     raise ValueError(
         f"unknown environment {env_id!r}: expected babyai/<Level> (e.g. babyai/GoToLocal), "
-        "textworld/<coin_collector|treasure_hunter|cooking|simple> or bfcl/<category>"
+        "textworld/<coin_collector|treasure_hunter|cooking|simple>, crafter/default, minihack/<Task> "
+        "(e.g. minihack/MazeWalk-9x9) or bfcl/<category>"
     )
 
 
