@@ -61,7 +61,7 @@ class LLMAgent:
         *,
         history: int = 4,
         max_tokens: int = 160,
-        temperature: float = 0.0,
+        temperature: float = 0.7,  # greedy small models repeat one action forever; seeds keep sampling reproducible
         thought_chars: int = 240,
         think_only: bool = False,
         answer: bool = False,

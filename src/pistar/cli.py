@@ -66,7 +66,9 @@ def run(
     max_steps: Annotated[int, typer.Option(help="Step budget per episode (invalid replies count).")] = 64,
     max_tokens: Annotated[int | None, typer.Option(help="Token budget per episode (prompt + completion).")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Wall-time budget per episode.")] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.0,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature; 0 is greedy, which traps small models in repeated actions.")
+    ] = 0.7,
     history: Annotated[int, typer.Option(help="Past turns kept in the prompt.")] = 4,
     tools: Annotated[str, typer.Option(help="Comma-separated tools: calculator,python.")] = "",
     mcp: Annotated[
