@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from crafter import objects
 
-from pistar.agent import Budget, Decision, run_episode
+from pistar.agent import Budget, Decision, RandomAgent, run_episode
 from pistar.envs.crafter import ACHIEVEMENTS, CrafterEnv
 from pistar.records import Action, Observation, Step, Trajectory
 from pistar.tools.base import Tool
@@ -259,17 +259,6 @@ async def test_scripted_policy_collects_wood_through_the_loop(seed: int) -> None
     # crafter's reward: +1 per new achievement, +-0.1 per point of health gained or lost
     health = final.extras["inventory"]["health"]
     assert traj.total_reward == pytest.approx(len(final.extras["achievements"]) + (health - 9) / 10)
-
-
-class RandomAgent:
-    name = "random"
-    tools: Sequence[Tool] = ()
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    async def act(self, obs: Observation, env: object, history: list[Step]) -> Decision:
-        return Decision(act(self.rng.choice(obs.valid_actions)))
 
 
 async def test_random_agent_baseline_runs() -> None:

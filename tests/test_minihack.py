@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from pistar.agent import Budget, Decision, run_episode
+from pistar.agent import Budget, Decision, RandomAgent, run_episode
 from pistar.envs.base import Env
 from pistar.envs.minihack import BOXOBAN, TASKS, MiniHackEnv, available_tasks, resolve_task
 from pistar.records import Action, Observation, Step
@@ -78,17 +78,6 @@ class StairsSeeker:
             unexplored = [n for n, (dx, dy) in STEPS.items() if (x + dx, y + dy) not in self.probed]
             return Decision(act(unexplored[0] if unexplored else random.choice(list(STEPS))))
         return Decision(act(first[frontier]))
-
-
-class RandomPolicy:
-    name = "random"
-    tools: Sequence[Tool] = ()
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    async def act(self, obs: Observation, env: Env, history: list[Step]) -> Decision:
-        return Decision(act(self.rng.choice(obs.valid_actions)))
 
 
 # -- names ----------------------------------------------------------------------------------------------
@@ -205,7 +194,7 @@ def test_step_limit_truncates_and_keeps_the_view(max_steps: int | None) -> None:
 async def test_death_ends_without_success() -> None:
     env = MiniHackEnv("Quest-Easy", render=False)
     try:
-        traj = await run_episode(env, RandomPolicy(0), 0, Budget(max_steps=300))
+        traj = await run_episode(env, RandomAgent(0), 0, Budget(max_steps=300))
         assert traj.stop_reason == "terminated" and traj.steps[-1].info["end_status"] == "death"
         assert not traj.success and traj.final_observation is not None
         assert "the game is over" in traj.final_observation.text
@@ -257,7 +246,7 @@ async def test_random_policy_runs() -> None:
         env = MiniHackEnv(task, render=False)
         try:
             for seed in range(3):
-                traj = await run_episode(env, RandomPolicy(seed), seed, Budget(max_steps=50))
+                traj = await run_episode(env, RandomAgent(seed), seed, Budget(max_steps=50))
                 assert traj.error is None and traj.invalid_actions == 0
                 assert traj.stop_reason in ("terminated", "truncated", "max_steps")
                 successes += traj.success

@@ -6,33 +6,17 @@ later runs are not. Only `test_generation_writes_the_cache_atomically` generates
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from pistar.agent import Budget, Decision, ExpertAgent, run_episode
+from pistar.agent import Budget, ExpertAgent, RandomAgent, run_episode
 from pistar.envs.textworld import KINDS, TextWorldEnv, clean_feedback, game_stem, generate_game
-from pistar.records import Action, Observation, Step
-from pistar.tools.base import Tool
+from pistar.records import Action
 
 SEEDS = [0, 1, 2]
 RANDOM_RUNS = 4  # random-agent runs per game: 3 games x 4 = 12 episodes per kind
 RANDOM_BUDGET = 50
-
-
-class RandomAgent:
-    """Picks a uniformly random admissible command with its own fixed RNG: the floor any agent should beat."""
-
-    name = "random"
-    tools: Sequence[Tool] = ()
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-
-    async def act(self, obs: Observation, env: object, history: list[Step]) -> Decision:
-        return Decision(Action(kind="act", name=self.rng.choice(obs.valid_actions)))
 
 
 @pytest.fixture(scope="module", params=list(KINDS))

@@ -7,6 +7,7 @@ language-model policy; `ExpertAgent` plays the environment's built-in expert thr
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,22 @@ class LLMAgent:
                 parsed.message += f" (the reply hit the {self.max_tokens}-token limit: be shorter)"
             return Decision(None, [call], parsed)
         return Decision(parsed, [call])
+
+
+class RandomAgent:
+    """Picks uniformly among the valid actions with its own seeded RNG: the floor any agent should beat."""
+
+    name = "random"
+    tools: Sequence[Tool] = ()
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = random.Random(seed)
+
+    def config(self) -> dict[str, Any]:
+        return {"agent": "random"}
+
+    async def act(self, obs: Observation, env: Env, history: list[Step]) -> Decision:
+        return Decision(Action("act", name=self.rng.choice(obs.valid_actions)))
 
 
 def window_start(n: int, size: int) -> int:

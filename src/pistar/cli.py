@@ -60,7 +60,10 @@ def run(
         str, typer.Option(help="Environment id, e.g. babyai/GoToLocal or babyai/BossLevel.")
     ] = "babyai/GoToLocal",
     model: Annotated[str, typer.Option(help="Model URI: embedded[:NAME], openai:MODEL@URL, hf:PATH.")] = DEFAULT_URI,
-    agent: Annotated[str, typer.Option(help="llm (the model) or expert (the environment's scripted expert).")] = "llm",
+    agent: Annotated[
+        str,
+        typer.Option(help="llm (the model), expert (the environment's scripted expert) or random (a seeded baseline)."),
+    ] = "llm",
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
     episodes: Annotated[int, typer.Option(help="Episodes to play, on seeds seed, seed+1, ...")] = 1,
     max_steps: Annotated[int, typer.Option(help="Step budget per episode (invalid replies count).")] = 64,
@@ -79,14 +82,14 @@ def run(
     parallel: Annotated[int, typer.Option(help="Episodes played at once (model calls are batched by the server).")] = 1,
 ) -> None:
     """Play episodes with an agent; write each trajectory and its HTML page. Rerun with the same --out to resume."""
-    from pistar.agent import Budget, ExpertAgent, LLMAgent, run_episode
+    from pistar.agent import Budget, ExpertAgent, LLMAgent, RandomAgent, run_episode
     from pistar.envs import Env, make_env
     from pistar.models import ModelError, ModelMissing, load_model
     from pistar.records import Trajectory
     from pistar.viewer import write_html
 
-    if agent not in ("llm", "expert"):
-        raise fail(f"--agent {agent!r}: expected llm or expert")
+    if agent not in ("llm", "expert", "random"):
+        raise fail(f"--agent {agent!r}: expected llm, expert or random")
     if parallel < 1 or episodes < 1:
         raise fail("--parallel and --episodes must be at least 1")
     try:
@@ -103,6 +106,8 @@ def run(
     policy: object
     if agent == "expert":
         policy = ExpertAgent()
+    elif agent == "random":
+        policy = RandomAgent(seed)
     else:
         tool_list = make_tools(tools)
         for spec in mcp or []:
