@@ -21,7 +21,7 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
-from pistar.envs.base import Env, StepResult
+from pistar.envs.base import Env, StepResult, steps
 from pistar.records import Action, Observation
 
 # BALROG's action set; minigrid's "done" is left out because BabyAI ends episodes on its own.
@@ -65,17 +65,13 @@ def resolve_level(level: str) -> tuple[str, str]:
     return name, LEVELS[name]
 
 
-def _steps(n: int, word: str) -> str:
-    return f"{n} step{'' if n == 1 else 's'} {word}"
-
-
 def _where(forward: int, lateral: int) -> str:
     """Position relative to the agent: forward distance first, then the left (<0) or right (>0) offset."""
     parts = []
     if forward:
-        parts.append(_steps(forward, "forward"))
+        parts.append(steps(forward, "forward"))
     if lateral:
-        parts.append(_steps(abs(lateral), "left" if lateral < 0 else "right"))
+        parts.append(steps(abs(lateral), "left" if lateral < 0 else "right"))
     return ", ".join(parts)
 
 
@@ -127,7 +123,7 @@ def describe_view(image: np.ndarray) -> list[str]:
             if code in (_EMPTY, _FLOOR):
                 continue
             if code == _WALL:
-                phrases.append(f"a wall {_steps(distance, word)}")
+                phrases.append(f"a wall {steps(distance, word)}")
             break
     return phrases
 

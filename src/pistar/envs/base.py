@@ -9,6 +9,21 @@ from typing import Any
 from pistar.records import Action, Observation
 
 
+def steps(n: int, word: str) -> str:
+    """'1 step left', '3 steps north': how every text view says a distance."""
+    return f"{n} step{'' if n == 1 else 's'} {word}"
+
+
+def compass(dx: int, dy: int) -> list[str]:
+    """A map offset (y grows southwards) as phrases, north/south first: ['2 steps north', '1 step east']."""
+    parts = []
+    if dy:
+        parts.append(steps(abs(dy), "north" if dy < 0 else "south"))
+    if dx:
+        parts.append(steps(abs(dx), "west" if dx < 0 else "east"))
+    return parts
+
+
 @dataclass
 class StepResult:
     observation: Observation

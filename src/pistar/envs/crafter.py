@@ -25,7 +25,7 @@ import crafter
 import numpy as np
 from crafter import constants, objects
 
-from pistar.envs.base import Env, StepResult
+from pistar.envs.base import Env, StepResult, compass
 from pistar.records import Action, Observation
 
 # Readable action names ("move left", "make wood pickaxe") -> crafter's action index.
@@ -40,18 +40,9 @@ _COMPASS: dict[tuple[int, int], str] = {(0, -1): "north", (0, 1): "south", (-1, 
 _NIGHT = 0.5  # crafter's daylight below which the frame darkens and zombies spawn more
 
 
-def _steps(n: int, word: str) -> str:
-    return f"{n} step{'' if n == 1 else 's'} {word}"
-
-
 def where(dx: int, dy: int) -> str:
     """An offset from the agent in words: north/south first, then east/west."""
-    parts = []
-    if dy:
-        parts.append(_steps(abs(dy), "north" if dy < 0 else "south"))
-    if dx:
-        parts.append(_steps(abs(dx), "west" if dx < 0 else "east"))
-    return ", ".join(parts)
+    return ", ".join(compass(dx, dy))
 
 
 def nearest_in_view(

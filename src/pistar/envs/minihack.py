@@ -26,7 +26,7 @@ import gymnasium
 import numpy as np
 from nle import nethack
 
-from pistar.envs.base import Env, StepResult
+from pistar.envs.base import Env, StepResult, compass
 from pistar.records import Action, Observation
 
 # Short name -> gymnasium id, for the tasks BALROG uses (plus the sizes/variants of the same families).
@@ -139,18 +139,9 @@ def action_name(action: int) -> str:
     return f"key {int(action)}"
 
 
-def _steps(n: int, word: str) -> str:
-    return f"{n} step{'' if n == 1 else 's'} {word}"
-
-
 def _where(dx: int, dy: int) -> str:
     """An offset in map squares as steps: north/south first, then east/west."""
-    parts = []
-    if dy:
-        parts.append(_steps(abs(dy), "north" if dy < 0 else "south"))
-    if dx:
-        parts.append(_steps(abs(dx), "west" if dx < 0 else "east"))
-    return " and ".join(parts) or "here"
+    return " and ".join(compass(dx, dy)) or "here"
 
 
 def _text(codes: np.ndarray) -> str:
