@@ -20,6 +20,8 @@ fi
 
 apt_pkgs=()
 command -v bwrap >/dev/null || apt_pkgs+=(bubblewrap)          # the Python tool's sandbox
+command -v chromium >/dev/null || apt_pkgs+=(chromium)         # MiniWoB++ and the HTML report tests
+command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3.11-venv)
 { command -v gcc && command -v make; } >/dev/null || apt_pkgs+=(build-essential)  # textworld builds jericho
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
@@ -32,6 +34,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 # torch is pinned to the CPU build in pyproject.toml; anything else pulls several GB of CUDA.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[hf,dev]"
+# miniwob declares gymnasium>=1.2.3 but nle pins 1.2.0, on which miniwob runs; its other deps are in pyproject.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps miniwob==1.1.0
 
 for model in ${PISTAR_MODELS:-qwen2.5-coder-1.5b qwen2.5-coder-0.5b}; do
   .venv/bin/pistar models pull "$model"

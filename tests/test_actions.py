@@ -89,3 +89,18 @@ def test_schema_has_one_branch_per_kind_and_llama_cpp_compiles_it(space: ActionS
 def test_describe_names_every_tool(space: ActionSpace) -> None:
     text = space.describe()
     assert "calculator" in text and '"answer"' in text and '"action"' in text
+
+
+def test_parameterised_actions_match_the_env_patterns_and_llama_cpp_compiles_them() -> None:
+    import xllamacpp
+
+    space = ActionSpace(["click [1]", "press Enter"], env_patterns=[r'type \[[0-9]+\] .+'])
+    assert space.parse('{"thought": "t", "action": "type [3] hello world"}') == Action(
+        "act", name="type [3] hello world", thought="t"
+    )
+    assert space.parse('{"thought": "t", "action": "click [1]"}') == Action("act", name="click [1]", thought="t")
+    bad = space.parse('{"thought": "t", "action": "type hello"}')
+    assert isinstance(bad, ActionError) and bad.kind == "unknown_action" and "/type" in bad.message
+    choices = space.schema()["properties"]["action"]["anyOf"]
+    assert choices[0]["enum"] == ["click [1]", "press Enter"] and choices[1]["pattern"].startswith("^")
+    assert "type" in xllamacpp.json_schema_to_grammar(json.dumps(space.schema()))

@@ -122,3 +122,31 @@ async def test_prompt_is_a_prefix_of_the_next_between_jumps() -> None:
     assert extends[:4] == [True] * 4
     assert sum(extends[4:]) >= 3
     assert max(len(m) for m in model.seen) == 1 + 2 * 4 + 1
+
+
+async def test_a_tool_sees_the_current_observation_and_an_unknown_tool_is_an_error() -> None:
+    from pistar.agent import Decision
+    from pistar.records import Action
+    from pistar.tools.base import tool
+
+    @tool
+    def mission_words(observation: object, upper: bool = False) -> str:
+        """Echo the mission of what the agent sees."""
+        text = observation.extras["mission"]  # type: ignore[attr-defined]
+        return text.upper() if upper else text
+
+    assert "observation" not in mission_words.parameters.get("properties", {})
+
+    class TwoToolCalls:
+        name = "scripted"
+        tools = [mission_words]
+
+        async def act(self, obs, env, history):  # type: ignore[no-untyped-def]
+            if not history:
+                return Decision(Action("tool", name="mission_words", args={"upper": True}))
+            return Decision(Action("tool", name="nope"))
+
+    env = BabyAIEnv("GoToLocal")
+    traj = await run_episode(env, TwoToolCalls(), 1, Budget(max_steps=2))
+    assert traj.steps[0].result == traj.task.upper() and traj.steps[0].error is None
+    assert traj.steps[1].error_kind == "unknown_action" and "nope" in (traj.steps[1].error or "")

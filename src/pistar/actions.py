@@ -3,6 +3,7 @@ raises.
 
 A model answers with one JSON object:
     {"thought": "...", "action": "go forward"}                      act in the environment
+    {"thought": "...", "action": "type [4] hello"}                  act with free text, where the env gives a pattern
     {"thought": "...", "tool": "calculator", "args": {...}}          call a tool
     {"thought": "...", "answer": "42"}                               give the final answer
     {"thought": "..."}                                               only think (when allowed)
@@ -35,6 +36,8 @@ class ActionSpace:
     answer: bool = False
     think_only: bool = False
     thought_chars: int = 300
+    # Regexes for parameterised actions ("type [4] hello"): full-match, JSON-schema compatible, from the env.
+    env_patterns: list[str] = field(default_factory=list)
 
     def tool(self, name: str) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
@@ -52,8 +55,10 @@ class ActionSpace:
                 "additionalProperties": False,
             }
 
-        if self.env_actions:
-            branches.append(obj({"action": {"type": "string", "enum": list(self.env_actions)}}))
+        if self.env_actions or self.env_patterns:
+            choices: list[dict[str, Any]] = [{"type": "string", "enum": list(self.env_actions)}] if self.env_actions else []
+            choices += [{"type": "string", "pattern": f"^(?:{p})$"} for p in self.env_patterns]
+            branches.append(obj({"action": choices[0] if len(choices) == 1 else {"anyOf": choices}}))
         for t in self.tools:
             branches.append(obj({"tool": {"const": t.name}, "args": t.parameters}))
         if self.answer:
@@ -65,7 +70,7 @@ class ActionSpace:
     def describe(self) -> str:
         """The output format in words, for the system prompt."""
         lines = ["Reply with exactly one JSON object and nothing else. Write a short thought first."]
-        if self.env_actions:
+        if self.env_actions or self.env_patterns:
             lines.append('To act: {"thought": "...", "action": "<one of the valid actions>"}')
         if self.tools:
             lines.append('To use a tool: {"thought": "...", "tool": "<tool name>", "args": {<arguments>}}')
@@ -122,8 +127,10 @@ class ActionSpace:
             for valid in self.env_actions:
                 if _normalise(valid) == _normalise(name):
                     return Action("act", name=valid, thought=thought)
+            if any(re.fullmatch(p, name, re.DOTALL) for p in self.env_patterns):
+                return Action("act", name=name, thought=thought)
             return ActionError(
-                "unknown_action", f"{_clip(name)!r} is not a valid action; valid: {', '.join(self.env_actions)}"
+                "unknown_action", f"{_clip(name)!r} is not a valid action; valid: {self._valid_list()}"
             )
         if "answer" in data:
             if not self.answer:
@@ -133,6 +140,11 @@ class ActionSpace:
             return Action("think", thought=thought)
         keys = ", ".join(sorted(data)) or "none"
         return ActionError("schema", f'no "action", "tool" or "answer" key (keys given: {keys})')
+
+
+    def _valid_list(self) -> str:
+        patterns = [f"/{p}/" for p in self.env_patterns]
+        return ", ".join([*self.env_actions, *patterns])
 
 
 def _normalise(s: str) -> str:

@@ -82,7 +82,8 @@ class LLMAgent:
         self.name = f"llm({model.uri})"
 
     def space(self, obs: Observation) -> ActionSpace:
-        return ActionSpace(obs.valid_actions, self.tools, self.answer, self.think_only, self.thought_chars)
+        patterns = list(obs.extras.get("action_patterns", []))
+        return ActionSpace(obs.valid_actions, self.tools, self.answer, self.think_only, self.thought_chars, patterns)
 
     def config(self) -> dict[str, Any]:
         keys = ("history", "max_tokens", "temperature", "thought_chars", "think_only", "answer", "constrained")
@@ -174,10 +175,15 @@ def window_start(n: int, size: int) -> int:
 
 
 class ExpertAgent:
-    """The environment's own expert (e.g. the BabyAI bot), usable wherever an agent is."""
+    """The environment's own expert (e.g. the BabyAI bot), usable wherever an agent is.
+
+    An expert that solves its task with tools (search, then answer) gets them here, like any agent.
+    """
 
     name = "expert"
-    tools: Sequence[Tool] = ()
+
+    def __init__(self, tools: Sequence[Tool] = ()) -> None:
+        self.tools = list(tools)
 
     def config(self) -> dict[str, Any]:
         return {"agent": "expert"}
@@ -240,7 +246,10 @@ async def run_episode(
         t_env = time.perf_counter()
         if action is not None and action.kind == "tool":
             try:
-                step.result = await asyncio.to_thread(tools[action.name], action.args)
+                if action.name not in tools:
+                    known = ", ".join(tools) or "none"
+                    raise ToolError("unknown_action", f"unknown tool {action.name!r}; tools: {known}")
+                step.result = await asyncio.to_thread(tools[action.name], action.args, obs)
             except ToolError as e:
                 step.error, step.error_kind = str(e), e.kind
         elif action is not None and (action.kind == "act" or (action.kind == "answer" and env.accepts_answers)):
