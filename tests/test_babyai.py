@@ -48,8 +48,36 @@ def seen_lines(text: str) -> list[str]:
 
 def test_all_registered_levels_are_known() -> None:
     registered = {e for e in gymnasium.registry if e.startswith("BabyAI")}
-    assert len(registered) == 96
+    assert len(registered) == 96 + 6  # minigrid's 96 and BALROG's MixedTrainLocal with its five kinds
     assert set(LEVELS.values()) == registered
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("goto", ["go to"]),
+        ("pickup", ["pick up"]),
+        ("open", ["open"]),
+        ("putnext", ["put", "next to"]),
+        ("pick_up_seq_go_to", ["pick up", "go to"]),
+    ],
+)
+async def test_balrog_task_kinds_give_their_missions_and_the_bot_solves_them(kind: str, words: list[str]) -> None:
+    from pistar.agent import ExpertAgent, run_episode
+
+    env = BabyAIEnv(f"MixedTrainLocal/{kind}")
+    assert env.id == f"babyai/MixedTrainLocal/{kind}"
+    trajs = [await run_episode(env, ExpertAgent(), seed) for seed in range(8)]
+    assert all(all(w in t.task for w in words) for t in trajs), [t.task for t in trajs]
+    assert len({t.task for t in trajs}) >= 4  # seeds give different missions
+    assert all(t.success for t in trajs)
+    if kind == "pick_up_seq_go_to":
+        assert any("then" in t.task for t in trajs) and any("after you" in t.task for t in trajs)
+
+
+def test_unknown_balrog_kind_is_one_clear_line() -> None:
+    with pytest.raises(ValueError, match="MixedTrainLocal/<goto"):
+        resolve_level("MixedTrainLocal/fly")
 
 
 @pytest.mark.parametrize("name", ["GoToLocal", "BabyAI-GoToLocal", "GoToLocal-v0", "BabyAI-GoToLocal-v0", "gotolocal"])

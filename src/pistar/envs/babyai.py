@@ -19,6 +19,8 @@ import minigrid  # noqa: F401 - importing registers the BabyAI-* levels with gym
 import numpy as np
 from minigrid.core.actions import Actions
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
+from minigrid.envs.babyai.core.levelgen import OBJ_TYPES_NOT_DOOR, LevelGen
+from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, PickupInstr
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
 from pistar.envs.base import Env, StepResult, steps
@@ -41,6 +43,46 @@ _DOOR_STATES = {0: "open", 1: "closed", 2: "locked"}
 _UNSEEN, _EMPTY, _WALL, _FLOOR, _DOOR, _GOAL, _LAVA = 0, 1, 2, 3, 4, 8, 9
 
 
+# BALROG's BabyAI-Text tasks: one instruction kind each, on a mixed local level (one room of 8x8 with 8
+# distractors; two rooms with a door for "open"). "MixedTrainLocal" alone draws a kind per seed.
+MIXED_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
+
+
+class MixedTrainLocal(LevelGen):
+    """BALROG's MixedTrainLocal level, built on minigrid's LevelGen, with the instruction kind fixed or drawn."""
+
+    def __init__(self, kind: str | None = None, **kwargs: Any) -> None:
+        self.kind = kind
+        two_rooms = kind == "open"
+        super().__init__(
+            room_size=8,
+            num_rows=1,
+            num_cols=2 if two_rooms else 1,
+            num_dists=8,
+            locked_room_prob=0,
+            locations=False,
+            unblocking=False,
+            action_kinds=(kind,) if kind in ("goto", "pickup", "open", "putnext") else ("goto",),
+            instr_kinds=("action",),
+            **kwargs,
+        )
+
+    def gen_mission(self) -> None:
+        kind = self.kind or self._rand_elem(MIXED_KINDS)
+        if kind == "open" and self.num_cols == 1:  # the union level draws "open" but has one room: add a door
+            kind = self._rand_elem(MIXED_KINDS[:2])
+        self.action_kinds = (kind,) if kind != "pick_up_seq_go_to" else ("goto",)
+        super().gen_mission()
+        if kind == "pick_up_seq_go_to":
+            pick, goto = PickupInstr(self.rand_obj(types=OBJ_TYPES_NOT_DOOR)), GoToInstr(self.rand_obj())
+            self.instrs = BeforeInstr(pick, goto) if self._rand_bool() else AfterInstr(goto, pick)
+
+
+for _kind in (None, *MIXED_KINDS):
+    _suffix = "" if _kind is None else "".join(w.title() for w in _kind.split("_"))
+    gymnasium.register(f"BabyAI-MixedTrainLocal{_suffix}-v0", entry_point=MixedTrainLocal, kwargs={"kind": _kind})
+
+
 def _levels() -> dict[str, str]:
     """Short level name ("GoToLocal") -> gymnasium id ("BabyAI-GoToLocal-v0") for every registered level."""
     levels: dict[str, str] = {}
@@ -54,7 +96,13 @@ LEVELS: dict[str, str] = _levels()
 
 
 def resolve_level(level: str) -> tuple[str, str]:
-    """Accept "GoToLocal", "BabyAI-GoToLocal", "GoToLocal-v0" (any case); return (short name, gym id)."""
+    """Accept "GoToLocal", "BabyAI-GoToLocal", "GoToLocal-v0" (any case), and BALROG's task names
+    "MixedTrainLocal/goto" … "MixedTrainLocal/pick_up_seq_go_to"; return (short name, gym id)."""
+    base, _, kind = level.strip().partition("/")
+    if kind:
+        if kind not in MIXED_KINDS or base.lower().removeprefix("babyai-") != "mixedtrainlocal":
+            raise ValueError(f"unknown BabyAI task {level!r}: expected MixedTrainLocal/<{'|'.join(MIXED_KINDS)}>")
+        return level.strip(), LEVELS["MixedTrainLocal" + "".join(w.title() for w in kind.split("_"))]
     short = re.sub(r"-v\d+$", "", level.strip()).removeprefix("BabyAI-")
     by_lower = {name.lower(): name for name in LEVELS}
     name = by_lower.get(short.lower().removeprefix("babyai-"))
