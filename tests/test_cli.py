@@ -22,25 +22,30 @@ def pistar(*args: str, env: dict[str, str] | None = None, timeout: float = 600) 
 
 
 def test_expert_run_writes_trajectory_and_page_and_resumes(tmp_path: Path) -> None:
+    from pistar.evaluate import load_run
+
     out = tmp_path / "run"
     done = pistar(
-        "run", "--agent", "expert", "--env", "babyai/GoToLocal", "--seed", "3", "--episodes", "3", "--out", str(out)
+        "run", "--agent", "expert", "--env", "babyai/GoToLocal", "--seed", "3", "--episodes", "2", "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
-    for s in (3, 4, 5):
-        data = json.loads((out / f"seed_{s:04d}" / "trajectory.json").read_text())
+    episodes = out / "episodes" / "babyai-GoToLocal"
+    for s in (3, 4):
+        data = json.loads((episodes / f"seed_{s:04d}" / "trajectory.json").read_text())
         assert data["success"] is True and data["seed"] == s
-        page = (out / f"seed_{s:04d}" / "index.html").read_text()
+        page = (episodes / f"seed_{s:04d}" / "index.html").read_text()
         assert page.count("data:image/png;base64,") == len(data["steps"]) + 1
-    summary = json.loads((out / "summary.json").read_text())
-    assert [r["seed"] for r in summary] == [3, 4, 5]
-    # delete one episode: the rerun plays only that one
-    first = (out / "seed_0003" / "trajectory.json").stat().st_mtime_ns
-    (out / "seed_0004" / "trajectory.json").unlink()
+    # one more episode asked for: the rerun plays only that one
+    first = (episodes / "seed_0003" / "trajectory.json").stat().st_mtime_ns
     again = pistar("run", "--agent", "expert", "--seed", "3", "--episodes", "3", "--out", str(out))
     assert again.returncode == 0 and "2 of 3 episodes already done" in again.stderr
-    assert (out / "seed_0004" / "trajectory.json").exists()
-    assert (out / "seed_0003" / "trajectory.json").stat().st_mtime_ns == first
+    assert (episodes / "seed_0005" / "trajectory.json").exists()
+    assert (episodes / "seed_0003" / "trajectory.json").stat().st_mtime_ns == first
+    _, rows = load_run(out)
+    assert [(r["seed"], r["success"]) for r in rows] == [(3, True), (4, True), (5, True)]
+    # the same directory with another agent is refused, not mixed in
+    other = pistar("run", "--agent", "random", "--seed", "3", "--episodes", "3", "--out", str(out))
+    assert other.returncode == 2 and "another agent config" in other.stderr
 
 
 def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
@@ -49,16 +54,18 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
         (["run", "--env", "atari/Pong"], "unknown environment"),
         (["run", "--model", "ollama:llama3"], "bad model URI"),
         (["run", "--model", "embedded:qwen2.5-coder-1.5b"], "pistar models pull qwen2.5-coder-1.5b"),
-        (["run", "--agent", "expert", "--tools", "browser"], None),  # tools are ignored by the expert
-        (["run", "--tools", "browser"], "unknown tool(s) browser"),
+        (["run", "--agent", "expert", "--tools", "browser"], "unknown tool 'browser'"),
+        (["run", "--tools", "search"], "unknown tool 'search'"),
+        (["eval", "nosuchsuite"], "unknown suite 'nosuchsuite'"),
+        (["eval", "babyai", "--executor", "slurm", "--agent", "expert", "--seeds", "1"], "executor 'slurm'"),
         (["run", "--mcp", "http://127.0.0.1:9/mcp"], "cannot connect to MCP server"),
         (["data", "pull", "imagenet"], "unknown data set 'imagenet'"),
         (["models", "pull", "gpt-5"], "unknown model 'gpt-5'"),
     ]
-    for args, expected in cases:
+    for i, (args, expected) in enumerate(cases):
         done = (
-            pistar(*args, "--out", str(tmp_path / "x"), env={"PISTAR_HOME": str(tmp_path / "empty")})
-            if args[0] == "run"
+            pistar(*args, "--out", str(tmp_path / f"x{i}"), env={"PISTAR_HOME": str(tmp_path / "empty")})
+            if args[0] in ("run", "eval")
             else pistar(*args)
         )
         if expected is None:
@@ -85,7 +92,7 @@ def test_embedded_model_plays_babyai_end_to_end(tmp_path: Path) -> None:
         "run", "--model", f"embedded:{SMALL}?parallel=1&ctx=4096", "--max-steps", "4", "--seed", "0", "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
-    data = json.loads((out / "seed_0000" / "trajectory.json").read_text())
+    data = json.loads((out / "episodes" / "babyai-GoToLocal" / "seed_0000" / "trajectory.json").read_text())
     assert 1 <= len(data["steps"]) <= 4
     valid = [s for s in data["steps"] if s["error_kind"] is None]
     assert len(valid) >= len(data["steps"]) - 1  # constrained decoding: the model's replies parse
@@ -97,7 +104,7 @@ def test_embedded_model_plays_babyai_end_to_end(tmp_path: Path) -> None:
             and len(call["completion_logprobs"]) == len(call["completion_ids"])
         )
         assert call["messages"][0]["role"] == "system"
-    assert (out / "seed_0000" / "index.html").stat().st_size > 10_000
+    assert (out / "episodes" / "babyai-GoToLocal" / "seed_0000" / "index.html").stat().st_size > 10_000
 
 
 def test_serve_exposes_an_openai_compatible_server() -> None:

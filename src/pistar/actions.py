@@ -56,7 +56,9 @@ class ActionSpace:
             }
 
         if self.env_actions or self.env_patterns:
-            choices: list[dict[str, Any]] = [{"type": "string", "enum": list(self.env_actions)}] if self.env_actions else []
+            choices: list[dict[str, Any]] = (
+                [{"type": "string", "enum": list(self.env_actions)}] if self.env_actions else []
+            )
             choices += [{"type": "string", "pattern": f"^(?:{p})$"} for p in self.env_patterns]
             branches.append(obj({"action": choices[0] if len(choices) == 1 else {"anyOf": choices}}))
         for t in self.tools:
@@ -129,9 +131,7 @@ class ActionSpace:
                     return Action("act", name=valid, thought=thought)
             if any(re.fullmatch(p, name, re.DOTALL) for p in self.env_patterns):
                 return Action("act", name=name, thought=thought)
-            return ActionError(
-                "unknown_action", f"{_clip(name)!r} is not a valid action; valid: {self._valid_list()}"
-            )
+            return ActionError("unknown_action", f"{_clip(name)!r} is not a valid action; valid: {self._valid_list()}")
         if "answer" in data:
             if not self.answer:
                 return ActionError("schema", "answering is not possible in this task: choose an action")
@@ -140,7 +140,6 @@ class ActionSpace:
             return Action("think", thought=thought)
         keys = ", ".join(sorted(data)) or "none"
         return ActionError("schema", f'no "action", "tool" or "answer" key (keys given: {keys})')
-
 
     def _valid_list(self) -> str:
         patterns = [f"/{p}/" for p in self.env_patterns]

@@ -198,8 +198,17 @@ async def run_episode(
     seed: int,
     budget: Budget | None = None,
     callbacks: Sequence[StepCallback] = (),
+    env_thread: bool = False,
 ) -> Trajectory:
-    """Play one episode. Never raises for what the model or environment does: errors end up in the record."""
+    """Play one episode. Never raises for what the model or environment does: errors end up in the record.
+
+    With `env_thread`, environment calls run in a worker thread, so that concurrent episodes' model calls go on
+    while one environment computes (an evaluation does this; a single episode need not pay for the hop).
+    """
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args) if env_thread else fn(*args)
+
     budget = budget or Budget()
     config = agent.config() if hasattr(agent, "config") else {}
     traj = Trajectory(
@@ -211,7 +220,7 @@ async def run_episode(
     )
     t0 = time.perf_counter()
     try:
-        obs = env.reset(seed)
+        obs = await call(env.reset, seed)
     except Exception as e:
         traj.error, traj.stop_reason = f"environment failed to reset: {type(e).__name__}: {e}", "error"
         traj.duration_s = time.perf_counter() - t0
@@ -254,7 +263,7 @@ async def run_episode(
                 step.error, step.error_kind = str(e), e.kind
         elif action is not None and (action.kind == "act" or (action.kind == "answer" and env.accepts_answers)):
             try:
-                result = env.step(action)
+                result = await call(env.step, action)
             except Exception as e:
                 step.env_s = time.perf_counter() - t_env
                 traj.steps.append(step)
@@ -281,6 +290,7 @@ async def run_episode(
     traj.final_observation = obs
     try:
         traj.success = bool(env.success)
+        traj.progress = float(env.progress)
     except Exception as e:  # a broken success signal must not lose the episode
         traj.error = traj.error or f"success check failed: {type(e).__name__}: {e}"
     traj.duration_s = time.perf_counter() - t0

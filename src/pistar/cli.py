@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +16,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
-    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -33,7 +32,6 @@ data_app = typer.Typer(no_args_is_help=True, help="Pull the data sets some envir
 app.add_typer(data_app, name="data")
 DATASETS = ("bfcl",)
 console = Console(stderr=True)
-TOOLS = ("calculator", "python")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -42,16 +40,25 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def make_tools(names: str) -> list:
-    from pistar.tools.calculator import calculator
-    from pistar.tools.sandbox import python_tool
+def _tool_names(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
 
-    table = {"calculator": calculator, "python": python_tool}
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in table]
-    if unknown:
-        raise fail(f"unknown tool(s) {', '.join(unknown)}: choose from {', '.join(TOOLS)}")
-    return [table[n] for n in chosen]
+
+ModelOpt = Annotated[str, typer.Option(help="Model URI: embedded[:NAME], openai:MODEL@URL, hf:PATH.")]
+AgentOpt = Annotated[
+    str, typer.Option(help="llm (the model), expert (the environment's scripted expert) or random (a seeded baseline).")
+]
+TemperatureOpt = Annotated[
+    float, typer.Option(help="Sampling temperature; 0 is greedy, which traps small models in repeated actions.")
+]
+HistoryOpt = Annotated[int, typer.Option(help="Past turns kept in the prompt.")]
+ToolsOpt = Annotated[str, typer.Option(help="Comma-separated tools: calculator, python, search:FOLDER, image.")]
+McpOpt = Annotated[
+    list[str] | None, typer.Option(help="An MCP server whose tools the agent gets: a URL or a command line.")
+]
+UnconstrainedOpt = Annotated[bool, typer.Option(help="Do not constrain decoding to the action schema.")]
+MaxTokensOpt = Annotated[int | None, typer.Option(help="Token budget per episode (prompt + completion).")]
+MaxSecondsOpt = Annotated[float | None, typer.Option(help="Wall-time budget per episode.")]
 
 
 @app.command()
@@ -59,86 +66,142 @@ def run(
     env: Annotated[
         str, typer.Option(help="Environment id, e.g. babyai/GoToLocal or babyai/BossLevel.")
     ] = "babyai/GoToLocal",
-    model: Annotated[str, typer.Option(help="Model URI: embedded[:NAME], openai:MODEL@URL, hf:PATH.")] = DEFAULT_URI,
-    agent: Annotated[
-        str,
-        typer.Option(help="llm (the model), expert (the environment's scripted expert) or random (a seeded baseline)."),
-    ] = "llm",
+    model: ModelOpt = DEFAULT_URI,
+    agent: AgentOpt = "llm",
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
     episodes: Annotated[int, typer.Option(help="Episodes to play, on seeds seed, seed+1, ...")] = 1,
     max_steps: Annotated[int, typer.Option(help="Step budget per episode (invalid replies count).")] = 64,
-    max_tokens: Annotated[int | None, typer.Option(help="Token budget per episode (prompt + completion).")] = None,
-    max_seconds: Annotated[float | None, typer.Option(help="Wall-time budget per episode.")] = None,
-    temperature: Annotated[
-        float, typer.Option(help="Sampling temperature; 0 is greedy, which traps small models in repeated actions.")
-    ] = 0.7,
-    history: Annotated[int, typer.Option(help="Past turns kept in the prompt.")] = 4,
-    tools: Annotated[str, typer.Option(help="Comma-separated tools: calculator,python.")] = "",
-    mcp: Annotated[
-        list[str] | None, typer.Option(help="An MCP server whose tools the agent gets: a URL or a command line.")
-    ] = None,
-    unconstrained: Annotated[bool, typer.Option(help="Do not constrain decoding to the action schema.")] = False,
+    max_tokens: MaxTokensOpt = None,
+    max_seconds: MaxSecondsOpt = None,
+    temperature: TemperatureOpt = 0.7,
+    history: HistoryOpt = 4,
+    tools: ToolsOpt = "",
+    mcp: McpOpt = None,
+    unconstrained: UnconstrainedOpt = False,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<env>-<agent>-<time>).")] = None,
     parallel: Annotated[int, typer.Option(help="Episodes played at once (model calls are batched by the server).")] = 1,
 ) -> None:
-    """Play episodes with an agent; write each trajectory and its HTML page. Rerun with the same --out to resume."""
-    from pistar.agent import Budget, ExpertAgent, LLMAgent, RandomAgent, run_episode
-    from pistar.envs import Env, make_env
-    from pistar.models import ModelError, ModelMissing, load_model
-    from pistar.records import Trajectory
-    from pistar.viewer import write_html
+    """Play episodes of one environment, showing every step; rerun with the same --out to resume."""
+    from pistar.suites import Suite, TaskSpec
 
-    if agent not in ("llm", "expert", "random"):
-        raise fail(f"--agent {agent!r}: expected llm, expert or random")
-    if parallel < 1 or episodes < 1:
-        raise fail("--parallel and --episodes must be at least 1")
+    if episodes < 1:
+        raise fail("--episodes must be at least 1")
+    suite = Suite(env, [TaskSpec(env=env, seeds=episodes, seed_start=seed, max_steps=max_steps)])
+    spec = _spec(agent, model, temperature, history, tools, mcp, unconstrained, max_tokens, max_seconds, 0)
+    out = out or Path("runs") / f"{env.replace('/', '-')}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _play(suite, spec, out, parallel, "local", None, verbose=True)
+
+
+@app.command("eval")
+def eval_(
+    suite: Annotated[
+        str, typer.Argument(help="babyai, miniwob, textworld, crafter, minihack, bfcl, toolqa or a YAML file.")
+    ],
+    model: ModelOpt = DEFAULT_URI,
+    agent: AgentOpt = "llm",
+    seeds: Annotated[int | None, typer.Option(help="Seeds per task (default: the suite's own).")] = None,
+    seed_start: Annotated[int, typer.Option(help="First seed, with --seeds.")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Episodes in flight at once.")] = 4,
+    executor: Annotated[str, typer.Option(help="local (this process) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    max_tokens: MaxTokensOpt = None,
+    max_seconds: MaxSecondsOpt = None,
+    temperature: TemperatureOpt = 0.7,
+    history: HistoryOpt = 4,
+    tools: ToolsOpt = "",
+    mcp: McpOpt = None,
+    unconstrained: UnconstrainedOpt = False,
+    sampling_seed: Annotated[int, typer.Option(help="Seed of the model's sampling (per episode and step).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<suite>-<agent>-<time>).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Print every step.")] = False,
+) -> None:
+    """Evaluate an agent on a suite: results in RUN/results.sqlite, a trajectory per episode; rerun to resume."""
+    from pistar.suites import load_suite
+
     try:
-        environment = make_env(env)
-    except (ValueError, RuntimeError) as e:  # unknown ids, data not pulled
+        chosen = load_suite(suite)
+    except (ValueError, KeyError, ImportError) as e:
         raise fail(str(e)) from None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = out or Path("runs") / f"{env.replace('/', '-')}-{agent}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(seed, seed + episodes))
-    todo = [s for s in seeds if not (out / f"seed_{s:04d}" / "trajectory.json").exists()]
-    if len(todo) < len(seeds):
-        console.print(f"resuming in {out}: {len(seeds) - len(todo)} of {len(seeds)} episodes already done")
-    policy: object
-    if agent == "expert":
-        policy = ExpertAgent()
-    elif agent == "random":
-        policy = RandomAgent(seed)
-    else:
-        tool_list = make_tools(tools)
-        for spec in mcp or []:
-            from pistar.tools.base import ToolError
-            from pistar.tools.mcp import mcp_tools
+    if seeds is not None:
+        if seeds < 1:
+            raise fail("--seeds must be at least 1")
+        chosen = chosen.with_seeds(seeds, seed_start)
+    spec = _spec(agent, model, temperature, history, tools, mcp, unconstrained, max_tokens, max_seconds, sampling_seed)
+    out = out or Path("runs") / f"{chosen.name}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _play(chosen, spec, out, concurrency, executor, address, verbose=verbose)
+    console.print(f"report: pistar report {out}", highlight=False)
 
-            try:
-                tool_list += mcp_tools(spec)[1]  # the servers stop at exit
-            except ToolError as e:
-                raise fail(str(e)) from None
-        console.print(f"loading model [bold]{model}[/] …")
-        try:
-            llm = load_model(model)
-        except (ModelMissing, ValueError, FileNotFoundError) as e:
-            raise fail(str(e)) from None
-        policy = LLMAgent(
-            llm,
-            tool_list,
-            history=history,
+
+def _spec(
+    agent: str,
+    model: str,
+    temperature: float,
+    history: int,
+    tools: str,
+    mcp: list[str] | None,
+    unconstrained: bool,
+    max_tokens: int | None,
+    max_seconds: float | None,
+    seed: int,
+):  # noqa: ANN202 - AgentSpec, imported lazily to keep `pistar --help` fast
+    from pistar.evaluate import AgentSpec, tools_by_name
+
+    try:
+        tools_by_name([t for t in _tool_names(tools) if not t.startswith("search:")])  # fail before loading a model
+        return AgentSpec(
+            kind=agent,
+            model=model,
             temperature=temperature,
+            history=history,
             constrained=not unconstrained,
+            tools=_tool_names(tools),
+            mcp=list(mcp or []),
             seed=seed,
-            answer=environment.accepts_answers,
+            max_episode_tokens=max_tokens,
+            max_seconds=max_seconds,
         )
-    budget = Budget(max_steps=max_steps, max_tokens=max_tokens, max_seconds=max_seconds)
-    _stop_on_sigterm()
+    except ValueError as e:
+        raise fail(str(e)) from None
 
-    async def play_one(s: int, environment: Env, progress: Progress, bar: TaskID) -> None:
-        tag = f"[dim]seed {s}[/] " if parallel > 1 else ""
 
-        def show(step, traj):  # noqa: ANN001 - the loop's callback signature
+def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str | None, verbose: bool) -> None:  # noqa: ANN001
+    """Run the suite with a progress bar and ETA, then print the summary table. Every error is one line."""
+    from pistar.envs import make_env
+    from pistar.evaluate import RunMismatch, evaluate
+    from pistar.models import ModelError, ModelMissing
+    from pistar.tools.base import ToolError
+
+    if concurrency < 1:
+        raise fail("--parallel/--concurrency must be at least 1")
+    for env_id in dict.fromkeys(e.env_id for e in suite.episodes()):
+        try:
+            make_env(env_id).close()  # unknown ids and missing data fail here, in one line, before any model loads
+        except (ValueError, RuntimeError, ImportError) as e:
+            raise fail(str(e)) from None
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    progress = Progress(*columns, console=console)
+    bar = progress.add_task(f"{suite.name} episodes", total=None)
+    many = concurrency > 1
+
+    def on_start(done: int, todo: int) -> None:
+        if done:
+            progress.console.print(f"resuming in {out}: {done} of {done + todo} episodes already done")
+        progress.update(bar, total=todo)
+        if spec.kind == "llm":
+            progress.console.print(f"loading model [bold]{spec.model}[/] …")
+
+    def on_step(episode):  # noqa: ANN001, ANN202
+        tag = f"[dim]{episode.env_id} seed {episode.seed}[/] " if many else ""
+
+        def show(step, traj) -> None:  # noqa: ANN001
             mark = "[green]✓[/]" if step.valid else "[red]✗[/]"
             tail = f" [red]{step.error_kind}: {step.error}[/]" if step.error else ""
             act = step.action.label() if step.action else "(invalid)"
@@ -148,75 +211,115 @@ def run(
                 f"{tag}{mark} step {step.index:3d}  {act}{reward}  [dim]{took}[/]{tail}", highlight=False
             )
 
-        traj = await run_episode(environment, policy, s, budget, callbacks=[show])
-        episode_dir = out / f"seed_{s:04d}"
-        traj.save(episode_dir)
-        write_html(traj, episode_dir / "index.html")
+        return show
+
+    def on_episode(episode, traj, metrics) -> None:  # noqa: ANN001
         result = "[green]success[/]" if traj.success else "[red]failure[/]"
         progress.console.print(
-            f"{tag}{result} in {traj.num_steps} steps · valid actions {traj.valid_action_rate:.0%} · "
-            f"{traj.duration_s:.1f}s · stop: {traj.stop_reason}"
-            + (f" · [red]{traj.error}[/]" if traj.error else "")
-            + f"\n  {tag}page: {episode_dir / 'index.html'}",
+            f"{result} {episode.env_id} seed {episode.seed}: {traj.num_steps} steps · valid actions "
+            f"{traj.valid_action_rate:.0%} · {traj.duration_s:.1f}s · stop: {traj.stop_reason}"
+            + (f" · [red]{traj.error}[/]" if traj.error else ""),
             highlight=False,
         )
         progress.advance(bar)
 
-    async def play() -> None:
-        envs = [environment] + [make_env(env) for _ in range(min(parallel, len(todo)) - 1)]
-        queue = list(todo)
-        columns = [
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task(f"{env} episodes", total=len(todo))
-
-            async def worker(e: Env) -> None:
-                while queue:
-                    await play_one(queue.pop(0), e, progress, bar)
-
-            try:
-                await asyncio.gather(*[worker(e) for e in envs])
-            finally:
-                for e in envs[1:]:
-                    e.close()
-
+    _stop_on_sigterm()
     try:
-        asyncio.run(play())
-    except ModelError as e:
+        with progress:
+            rows = asyncio.run(
+                evaluate(
+                    suite,
+                    spec,
+                    out,
+                    concurrency=concurrency,
+                    executor=executor,
+                    address=address,
+                    on_start=on_start,
+                    on_episode=on_episode,
+                    on_step=on_step if verbose else None,
+                )
+            )
+    except (ModelError, ModelMissing, RunMismatch, ToolError, FileNotFoundError) as e:
+        raise fail(str(e)) from None
+    except ValueError as e:
         raise fail(str(e)) from None
     except KeyboardInterrupt:
-        raise fail(f"interrupted; finished episodes are kept in {out}: rerun with --out {out} to resume", 130) from None
-    finally:
-        environment.close()
-    trajs = [Trajectory.load(out / f"seed_{s:04d}") for s in seeds]
-    _print_summary(trajs, out)
+        raise fail(f"interrupted; finished episodes are kept in {out}: rerun the same command to resume", 130) from None
+    _print_summary(rows, out)
+    if len(rows) == 1:
+        console.print(f"page: {out / rows[0]['path'] / 'index.html'}", highlight=False)
 
 
-def _print_summary(trajs: list, out: Path) -> None:
-    n = len(trajs)
-    success = sum(t.success for t in trajs)
-    steps = sum(t.num_steps for t in trajs)
-    invalid = sum(t.invalid_actions for t in trajs)
-    table = Table(title=f"{n} episode(s) in {out}")
-    for col in ("success", "valid actions", "mean steps", "tokens in/out"):
+def _print_summary(rows: list[dict], out: Path) -> None:
+    from pistar.metrics import by_task
+
+    table = Table(title=f"{len(rows)} episode(s) in {out}")
+    for col in ("task", "success (95% CI)", "progress", "steps", "valid actions", "loops", "tokens in/out", "errors"):
         table.add_column(col)
-    tin = sum(t.tokens[0] for t in trajs)
-    tout = sum(t.tokens[1] for t in trajs)
-    table.add_row(
-        f"{success}/{n} ({success / n:.0%})",
-        f"{1 - invalid / steps:.1%}" if steps else "-",
-        f"{steps / n:.1f}",
-        f"{tin}/{tout}",
-    )
-    Console().print(table)
-    (out / "summary.json").write_text(json.dumps([t.summary() for t in trajs], indent=1))
+    for task, m in by_task(rows).items():
+        table.add_row(
+            task,
+            f"{m['successes']}/{m['scored']} {m['success_rate']:.0%} ({m['ci_low']:.0%}–{m['ci_high']:.0%})",
+            f"{m['progress']:.2f}",
+            f"{m['steps']:.1f}",
+            f"{m['valid_action_rate']:.1%}",
+            f"{m['loop_rate']:.0%}",
+            f"{m['tokens_in']:.0f}/{m['tokens_out']:.0f}",
+            str(m["errors"]),
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `pistar eval` or `pistar run`.")],
+) -> None:
+    """Write RUN/report.html: summary table, plots, and every episode's steps with their pictures."""
+    from pistar.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The baseline run.")],
+    run_b: Annotated[Path, typer.Argument(help="The run compared with it.")],
+) -> None:
+    """Two runs side by side per task: success, its difference and significance (paired where seeds match)."""
+    from pistar.evaluate import load_run
+    from pistar.metrics import by_task, compare_success
+
+    try:
+        (_, rows_a), (_, rows_b) = load_run(run_a), load_run(run_b)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    agg_a, agg_b = by_task(rows_a), by_task(rows_b)
+    table = Table(title=f"A = {run_a}   B = {run_b}")
+    for col in ("task", "success A", "success B", "B − A", "p", "test", "steps A/B", "tokens in A/B"):
+        table.add_column(col)
+    for task in [t for t in agg_a if t in agg_b]:
+        ra = rows_a if task == "overall" else [r for r in rows_a if r["env_id"] == task]
+        rb = rows_b if task == "overall" else [r for r in rows_b if r["env_id"] == task]
+        c = compare_success(ra, rb)
+        sig = "[bold]" if c["p"] < 0.05 else ""
+        table.add_row(
+            task,
+            f"{c['a']:.0%}",
+            f"{c['b']:.0%}",
+            f"{sig}{c['diff']:+.0%}",
+            f"{sig}{c['p']:.3g}",
+            c["test"] + (f" ({c['paired']} pairs)" if c["paired"] else ""),
+            f"{agg_a[task]['steps']:.1f}/{agg_b[task]['steps']:.1f}",
+            f"{agg_a[task]['tokens_in']:.0f}/{agg_b[task]['tokens_in']:.0f}",
+        )
+    only = sorted(set(agg_a) ^ set(agg_b))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if only:
+        console.print(f"tasks in only one run (not compared): {', '.join(only)}")
 
 
 def _stop_on_sigterm() -> None:

@@ -110,6 +110,7 @@ class Trajectory:
     steps: list[Step] = field(default_factory=list)
     final_observation: Observation | None = None
     success: bool = False
+    progress: float = 0.0  # in [0, 1]: the environment's partial credit (score / max score), success counts 1
     total_reward: float = 0.0
     stop_reason: str = ""  # "terminated", "truncated", "max_steps", "max_tokens", "max_seconds", "answered", "error"
     error: str | None = None
@@ -143,6 +144,7 @@ class Trajectory:
             "agent": self.agent,
             "model": self.model,
             "success": self.success,
+            "progress": round(self.progress, 4),
             "total_reward": self.total_reward,
             "steps": self.num_steps,
             "invalid_actions": self.invalid_actions,

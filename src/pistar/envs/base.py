@@ -58,6 +58,15 @@ class Env(ABC):
     def success(self) -> bool:
         """Whether the episode so far counts as solved, judged by the environment itself."""
 
+    @property
+    def progress(self) -> float:
+        """How far the episode got, in [0, 1] (BALROG's progress): score over max score where the game keeps one."""
+        return float(self.success)
+
+    def tools(self) -> list[Any]:
+        """Tools this environment's tasks are meant to be solved with (a QA corpus's search); every agent gets them."""
+        return []
+
     def expert_action(self) -> Action:
         """The built-in expert's next action, where the environment has one."""
         raise NotImplementedError(f"{self.id} has no expert policy")

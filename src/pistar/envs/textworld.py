@@ -222,6 +222,12 @@ class TextWorldEnv(Env):
         return self._state is not None and bool(self._state["won"])
 
     @property
+    def progress(self) -> float:
+        if self._state is None or not self._state["max_score"]:
+            return 0.0
+        return 1.0 if self.success else min(1.0, max(0.0, self._score / self._state["max_score"]))
+
+    @property
     def done(self) -> bool:
         return self._state is not None and bool(self._state["won"] or self._state["lost"])
 

@@ -56,5 +56,8 @@ class Model(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def close(self) -> None:  # noqa: B027 - optional hook: stop an in-process server, free memory
+        pass
+
     def info(self) -> dict[str, Any]:
         return {"uri": self.uri, "vision": self.vision, "sha256": self.sha256}

@@ -1,0 +1,362 @@
+"""Play a suite: many episodes at once, every finished one stored at once, a rerun resuming where a crash left off.
+
+Two executors give the same results:
+- `local`: episodes are asyncio tasks in this process, so model calls overlap and one model server stays busy;
+  environment steps run in threads so a slow environment does not stall the others' model calls.
+- `ray`: each episode is a Ray task on a local or remote cluster; workers build their own environment and
+  policy from the (picklable) AgentSpec, and the driver stores what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import platform
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pistar.agent import Budget, ExpertAgent, LLMAgent, Policy, RandomAgent, StepCallback, run_episode
+from pistar.envs import Env, make_env
+from pistar.metrics import episode_metrics
+from pistar.models import DEFAULT_URI, Model, load_model
+from pistar.records import Trajectory
+from pistar.store import Store
+from pistar.suites import Episode, Suite
+from pistar.tools import Tool
+from pistar.viewer import write_html
+
+# Packages whose versions change results; recorded with every run.
+_PACKAGES = (
+    "pistar",
+    "xllamacpp",
+    "minigrid",
+    "gymnasium",
+    "textworld",
+    "crafter",
+    "nle",
+    "minihack",
+    "miniwob",
+    "selenium",
+    "openai",
+    "torch",
+    "transformers",
+)
+
+
+@dataclass
+class AgentSpec:
+    """Everything that decides how an agent plays, picklable, so a Ray worker can rebuild the same agent."""
+
+    kind: str = "llm"  # llm | expert | random
+    model: str = DEFAULT_URI
+    temperature: float = 0.7
+    history: int = 4
+    max_tokens: int = 160
+    constrained: bool = True
+    tools: list[str] = field(default_factory=list)  # calculator, python, search:FOLDER, image
+    mcp: list[str] = field(default_factory=list)
+    seed: int = 0
+    max_episode_tokens: int | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("llm", "expert", "random"):
+            raise ValueError(f"agent {self.kind!r}: expected llm, expert or random")
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a rerun to resume a run rather than mix two experiments in one table."""
+        d = asdict(self)
+        if self.kind != "llm":
+            for k in ("model", "temperature", "history", "max_tokens", "constrained"):
+                d.pop(k)
+        return d
+
+    def load_model(self) -> Model | None:
+        return load_model(self.model) if self.kind == "llm" else None
+
+    def policy(self, env: Env, episode: Episode, model: Model | None, extra_tools: Sequence[Tool] = ()) -> Policy:
+        """A fresh policy per episode: its sampling seed comes from the episode, so results do not depend on the
+        order in which concurrent episodes happen to run."""
+        tools = [*tools_by_name(self.tools), *extra_tools, *env.tools()]
+        if self.kind == "expert":
+            return ExpertAgent(tools)
+        episode_seed = zlib.crc32(f"{self.seed}:{episode.env_id}:{episode.seed}".encode())
+        if self.kind == "random":
+            return RandomAgent(episode_seed)
+        assert model is not None
+        return LLMAgent(
+            model,
+            tools,
+            history=self.history,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            constrained=self.constrained,
+            answer=env.accepts_answers,
+            seed=episode_seed,
+        )
+
+    def budget(self, episode: Episode) -> Budget:
+        return Budget(episode.max_steps, self.max_episode_tokens, self.max_seconds)
+
+
+def tools_by_name(names: Sequence[str]) -> list[Tool]:
+    """`calculator`, `python`, `search:FOLDER`, `image` → tools. Unknown names are a ValueError naming the choices."""
+    out: list[Tool] = []
+    for name in names:
+        kind, _, arg = name.partition(":")
+        if kind == "calculator":
+            from pistar.tools.calculator import calculator
+
+            out.append(calculator)
+        elif kind == "python":
+            from pistar.tools.sandbox import python_tool
+
+            out.append(python_tool)
+        elif kind == "search" and arg:
+            from pistar.tools.search import search_tool
+
+            out.append(search_tool(arg))
+        elif kind == "image":
+            from pistar.tools.image import image_tools
+
+            out.extend(image_tools())
+        else:
+            raise ValueError(f"unknown tool {name!r}: choose from calculator, python, search:FOLDER, image")
+    return out
+
+
+def episode_dir(out: Path, episode: Episode) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", episode.env_id)
+    return out / "episodes" / slug / f"seed_{episode.seed:04d}"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+class RunMismatch(ValueError):
+    """The output directory holds a run made with another suite or agent."""
+
+
+def open_run(out: Path, suite: Suite, spec: AgentSpec) -> Store:
+    """Open (or start) the run in `out`; refuse to resume one made with another agent or suite."""
+    store = Store(out / "results.sqlite")
+    config = {"suite": suite.to_dict(), "agent": spec.identity()}
+    before = store.get_meta("config")
+    if before is None:
+        store.set_meta("config", config)
+    elif before["agent"] != config["agent"]:
+        store.close()
+        diff = sorted(
+            k for k in {**before["agent"], **config["agent"]} if before["agent"].get(k) != config["agent"].get(k)
+        )
+        raise RunMismatch(
+            f"{out} holds a run with another agent config ({', '.join(diff)} differ): use a new --out to compare"
+        )
+    elif before["suite"] != config["suite"]:
+        store.set_meta("config", {**before, "suite": config["suite"]})  # more seeds or tasks: the rows stay valid
+    store.set_meta("versions", versions())
+    return store
+
+
+EpisodeCallback = Callable[[Episode, Trajectory, dict[str, Any]], None]
+
+
+def save_episode(store: Store, out: Path, episode: Episode, traj: Trajectory) -> dict[str, Any]:
+    """Files first, then the row: a row always points at a complete trajectory."""
+    where = episode_dir(out, episode)
+    traj.save(where)
+    write_html(traj, where / "index.html")
+    metrics = episode_metrics(traj)
+    store.add(episode.env_id, episode.seed, metrics, str(where.relative_to(out)))
+    return metrics
+
+
+async def evaluate(
+    suite: Suite,
+    spec: AgentSpec,
+    out: Path,
+    *,
+    concurrency: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_episode: EpisodeCallback | None = None,
+    on_step: Callable[[Episode], StepCallback] | None = None,
+) -> list[dict[str, Any]]:
+    """Play every episode of the suite not yet in `out`, storing each as it finishes; return all rows."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor {executor!r}: expected local or ray")
+    # Tool servers and a model that cannot start must fail before the run directory records anything.
+    mcp_servers, mcp_tools = _start_mcp(spec.mcp) if executor == "local" else ([], [])
+    model = None
+    try:
+        model = spec.load_model() if executor == "local" else None
+        out.mkdir(parents=True, exist_ok=True)
+        store = open_run(out, suite, spec)
+    except BaseException:
+        _close(model, mcp_servers)
+        raise
+    try:
+        done = store.done()
+        todo = [e for e in suite.episodes() if (e.env_id, e.seed) not in done]
+        if on_start:
+            on_start(len(suite.episodes()) - len(todo), len(todo))
+        if todo:
+            if executor == "local":
+                await _run_local(todo, spec, model, mcp_tools, out, store, concurrency, on_episode, on_step)
+            else:
+                await _run_ray(todo, spec, out, store, concurrency, address, on_episode)
+        if spec.kind == "llm" and store.get_meta("model") is None:
+            store.set_meta("model", {"uri": spec.model})
+        by_key = {(r["env_id"], r["seed"]): r for r in store.rows()}
+        return [by_key[k] for k in ((e.env_id, e.seed) for e in suite.episodes()) if k in by_key]
+    finally:
+        store.close()
+        if model is not None:
+            await model.aclose()
+        _close(model, mcp_servers)
+
+
+def _close(model: Model | None, servers: Sequence[Any]) -> None:
+    if model is not None:
+        model.close()
+    for server in servers:
+        server.close()
+
+
+async def _run_local(
+    todo: list[Episode],
+    spec: AgentSpec,
+    model: Model | None,
+    mcp_tools: list[Tool],
+    out: Path,
+    store: Store,
+    concurrency: int,
+    on_episode: EpisodeCallback | None,
+    on_step: Callable[[Episode], StepCallback] | None,
+) -> None:
+    if model is not None:
+        store.set_meta("model", model.info())
+    idle: dict[str, list[Env]] = {}  # environments are reused across episodes (a browser, a game cache)
+    made: list[Env] = []
+    gate = asyncio.Semaphore(concurrency)
+
+    async def play(episode: Episode) -> None:
+        async with gate:
+            pool = idle.setdefault(episode.env_id, [])
+            if pool:
+                env = pool.pop()
+            else:
+                env = await asyncio.to_thread(make_env, episode.env_id)
+                made.append(env)
+            try:
+                policy = spec.policy(env, episode, model, mcp_tools)
+                callbacks = [on_step(episode)] if on_step else []
+                traj = await run_episode(
+                    env, policy, episode.seed, spec.budget(episode), callbacks, env_thread=concurrency > 1
+                )
+            finally:
+                pool.append(env)
+            metrics = await asyncio.to_thread(save_episode, store, out, episode, traj)
+            if on_episode:
+                on_episode(episode, traj, metrics)
+
+    try:
+        await asyncio.gather(*(play(e) for e in todo))
+    finally:
+        for env in made:
+            with contextlib.suppress(Exception):  # closing must not hide the run's own outcome
+                env.close()
+
+
+def _start_mcp(specs: Sequence[str]) -> tuple[list[Any], list[Tool]]:
+    servers, tools = [], []
+    for spec in specs:
+        from pistar.tools.mcp import mcp_tools
+
+        server, found = mcp_tools(spec)
+        servers.append(server)
+        tools += found
+    return servers, tools
+
+
+# -- Ray -------------------------------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}  # per Ray worker process: loaded model and environments, reused across tasks
+
+
+def _ray_episode(spec: AgentSpec, episode: Episode) -> Trajectory:
+    if "model" not in _WORKER:
+        _WORKER["model"] = spec.load_model()
+        _WORKER["mcp"] = _start_mcp(spec.mcp)[1]
+    envs = _WORKER.setdefault("envs", {})
+    if episode.env_id not in envs:
+        envs[episode.env_id] = make_env(episode.env_id)
+    env = envs[episode.env_id]
+    policy = spec.policy(env, episode, _WORKER["model"], _WORKER["mcp"])
+    return asyncio.run(run_episode(env, policy, episode.seed, spec.budget(episode)))
+
+
+async def _run_ray(
+    todo: list[Episode],
+    spec: AgentSpec,
+    out: Path,
+    store: Store,
+    concurrency: int,
+    address: str | None,
+    on_episode: EpisodeCallback | None,
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray executor needs Ray: pip install 'ray==2.60.0'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": concurrency}
+        ray.init(**kwargs, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=1, max_retries=0)(_ray_episode)
+    pending: dict[Any, Episode] = {}
+    queue = list(todo)
+    try:
+        while queue or pending:
+            while queue and len(pending) < concurrency:
+                episode = queue.pop(0)
+                pending[remote.remote(spec, episode)] = episode
+            ready, _ = await asyncio.to_thread(ray.wait, list(pending), num_returns=1)
+            for ref in ready:
+                episode = pending.pop(ref)
+                try:
+                    traj = ray.get(ref)
+                except Exception as e:  # a worker that died: the episode is recorded as errored, the run goes on
+                    traj = Trajectory(episode.env_id, episode.seed, spec.kind, stop_reason="error")
+                    traj.error = f"ray worker failed: {type(e).__name__}: {str(e).splitlines()[0]}"
+                metrics = await asyncio.to_thread(save_episode, store, out, episode, traj)
+                if on_episode:
+                    on_episode(episode, traj, metrics)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def load_run(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A finished or partial run: its metadata (config, versions, model) and its episode rows."""
+    path = out / "results.sqlite"
+    if not path.exists():
+        raise FileNotFoundError(f"{out} is not a pistar run (no results.sqlite): run `pistar eval` first")
+    store = Store(path)
+    try:
+        meta = {k: store.get_meta(k) for k in ("config", "versions", "model")}
+        return meta, store.rows()
+    finally:
+        store.close()
