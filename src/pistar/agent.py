@@ -245,6 +245,9 @@ async def run_episode(
         except ModelError as e:
             traj.error, traj.stop_reason = f"model failed: {e}", "error"
             break
+        except Exception as e:  # a policy bug ends this episode, recorded, not the whole evaluation
+            traj.error, traj.stop_reason = f"agent failed: {type(e).__name__}: {e}", "error"
+            break
         step.agent_s = time.perf_counter() - t_step
         step.calls = decision.calls
         step.action = decision.action

@@ -166,7 +166,7 @@ def _spec(
 
 def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str | None, verbose: bool) -> None:  # noqa: ANN001
     """Run the suite with a progress bar and ETA, then print the summary table. Every error is one line."""
-    from pistar.envs import make_env
+    from pistar.envs import Env, make_env
     from pistar.evaluate import RunMismatch, evaluate
     from pistar.models import ModelError, ModelMissing
     from pistar.tools.base import ToolError
@@ -175,9 +175,12 @@ def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str 
         raise fail("--parallel/--concurrency must be at least 1")
     for env_id in dict.fromkeys(e.env_id for e in suite.episodes()):
         try:
-            make_env(env_id).close()  # unknown ids and missing data fail here, in one line, before any model loads
+            probe = make_env(env_id)  # unknown ids and missing data fail here, in one line, before any model loads
         except (ValueError, RuntimeError, ImportError) as e:
             raise fail(str(e)) from None
+        probe.close()
+        if spec.kind == "expert" and type(probe).expert_action is Env.expert_action:
+            raise fail(f"{env_id} has no expert policy: use --agent llm or --agent random")
     columns = [
         SpinnerColumn(),
         TextColumn("{task.description}"),

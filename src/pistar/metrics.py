@@ -17,7 +17,7 @@ from pistar.records import Trajectory
 
 # An episode "loops" when it takes the same action in the same observed state this many times: in a
 # deterministic world that is a cycle, while "go forward" five times down a corridor is not.
-LOOP_REPEATS = 3
+LOOP_REPEATS = 4
 
 
 def episode_metrics(traj: Trajectory) -> dict[str, Any]:

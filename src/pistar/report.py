@@ -82,8 +82,8 @@ def _plots(tasks: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> list
 
     fig, ax = plt.subplots(figsize=(6.5, height))
     rates = [100 * tasks[t]["success_rate"] for t in names]
-    low = [r - 100 * tasks[t]["ci_low"] for r, t in zip(rates, names, strict=True)]
-    high = [100 * tasks[t]["ci_high"] - r for r, t in zip(rates, names, strict=True)]
+    low = [max(0.0, r - 100 * tasks[t]["ci_low"]) for r, t in zip(rates, names, strict=True)]
+    high = [max(0.0, 100 * tasks[t]["ci_high"] - r) for r, t in zip(rates, names, strict=True)]
     ax.barh(names, rates, xerr=[low, high], color="#4c78a8", capsize=3)
     ax.set_xlim(0, 100)
     ax.set_xlabel("success % (95% Wilson CI)")
