@@ -192,21 +192,26 @@ async def evaluate(
     on_start: Callable[[int, int], None] | None = None,
     on_episode: EpisodeCallback | None = None,
     on_step: Callable[[Episode], StepCallback] | None = None,
+    model: Model | None = None,
 ) -> list[dict[str, Any]]:
-    """Play every episode of the suite not yet in `out`, storing each as it finishes; return all rows."""
+    """Play every episode of the suite not yet in `out`, storing each as it finishes; return all rows.
+
+    `model`: an already loaded model to use (and leave open) instead of loading `spec.model`.
+    """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if executor not in ("local", "ray"):
         raise ValueError(f"executor {executor!r}: expected local or ray")
     # Tool servers and a model that cannot start must fail before the run directory records anything.
     mcp_servers, mcp_tools = _start_mcp(spec.mcp) if executor == "local" else ([], [])
-    model = None
+    given = model
     try:
-        model = spec.load_model() if executor == "local" else None
+        if model is None and executor == "local":
+            model = spec.load_model()
         out.mkdir(parents=True, exist_ok=True)
         store = open_run(out, suite, spec)
     except BaseException:
-        _close(model, mcp_servers)
+        _close(None if given else model, mcp_servers)
         raise
     try:
         done = store.done()
@@ -224,9 +229,9 @@ async def evaluate(
         return [by_key[k] for k in ((e.env_id, e.seed) for e in suite.episodes()) if k in by_key]
     finally:
         store.close()
-        if model is not None:
+        if model is not None and given is None:
             await model.aclose()
-        _close(model, mcp_servers)
+        _close(None if given else model, mcp_servers)
 
 
 def _close(model: Model | None, servers: Sequence[Any]) -> None:
