@@ -59,6 +59,13 @@ McpOpt = Annotated[
 UnconstrainedOpt = Annotated[bool, typer.Option(help="Do not constrain decoding to the action schema.")]
 MaxTokensOpt = Annotated[int | None, typer.Option(help="Token budget per episode (prompt + completion).")]
 MaxSecondsOpt = Annotated[float | None, typer.Option(help="Wall-time budget per episode.")]
+AgentConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--agent-config",
+        help="Reasoning, reflection, memory and team roles: a YAML file (see agents/) or key=value,… inline.",
+    ),
+]
 
 
 @app.command()
@@ -78,6 +85,7 @@ def run(
     tools: ToolsOpt = "",
     mcp: McpOpt = None,
     unconstrained: UnconstrainedOpt = False,
+    agent_config: AgentConfigOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/<env>-<agent>-<time>).")] = None,
     parallel: Annotated[int, typer.Option(help="Episodes played at once (model calls are batched by the server).")] = 1,
 ) -> None:
@@ -87,7 +95,9 @@ def run(
     if episodes < 1:
         raise fail("--episodes must be at least 1")
     suite = Suite(env, [TaskSpec(env=env, seeds=episodes, seed_start=seed, max_steps=max_steps)])
-    spec = _spec(agent, model, temperature, history, tools, mcp, unconstrained, max_tokens, max_seconds, 0)
+    spec = _spec(
+        agent, model, temperature, history, tools, mcp, unconstrained, max_tokens, max_seconds, 0, agent_config
+    )
     out = out or Path("runs") / f"{env.replace('/', '-')}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
     _play(suite, spec, out, parallel, "local", None, verbose=True)
 
@@ -111,6 +121,7 @@ def eval_(
     tools: ToolsOpt = "",
     mcp: McpOpt = None,
     unconstrained: UnconstrainedOpt = False,
+    agent_config: AgentConfigOpt = None,
     sampling_seed: Annotated[int, typer.Option(help="Seed of the model's sampling (per episode and step).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<suite>-<agent>-<time>).")] = None,
     verbose: Annotated[bool, typer.Option(help="Print every step.")] = False,
@@ -126,7 +137,19 @@ def eval_(
         if seeds < 1:
             raise fail("--seeds must be at least 1")
         chosen = chosen.with_seeds(seeds, seed_start)
-    spec = _spec(agent, model, temperature, history, tools, mcp, unconstrained, max_tokens, max_seconds, sampling_seed)
+    spec = _spec(
+        agent,
+        model,
+        temperature,
+        history,
+        tools,
+        mcp,
+        unconstrained,
+        max_tokens,
+        max_seconds,
+        sampling_seed,
+        agent_config,
+    )
     out = out or Path("runs") / f"{chosen.name}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
     _play(chosen, spec, out, concurrency, executor, address, verbose=verbose)
     console.print(f"report: pistar report {out}", highlight=False)
@@ -143,6 +166,7 @@ def _spec(
     max_tokens: int | None,
     max_seconds: float | None,
     seed: int,
+    team: str | None = None,
 ):  # noqa: ANN202 - AgentSpec, imported lazily to keep `pistar --help` fast
     from pistar.evaluate import AgentSpec, tools_by_name
 
@@ -159,6 +183,7 @@ def _spec(
             seed=seed,
             max_episode_tokens=max_tokens,
             max_seconds=max_seconds,
+            team=team,
         )
     except ValueError as e:
         raise fail(str(e)) from None

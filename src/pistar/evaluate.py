@@ -20,13 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pistar.agent import Budget, ExpertAgent, LLMAgent, Policy, RandomAgent, StepCallback, run_episode
+from pistar.agent import Budget, ExpertAgent, LLMAgent, Policy, RandomAgent, StepCallback
 from pistar.envs import Env, make_env
 from pistar.metrics import episode_metrics
 from pistar.models import DEFAULT_URI, Model, load_model
 from pistar.records import Trajectory
 from pistar.store import Store
 from pistar.suites import Episode, Suite
+from pistar.team import play
 from pistar.tools import Tool
 from pistar.viewer import write_html
 
@@ -63,14 +64,24 @@ class AgentSpec:
     seed: int = 0
     max_episode_tokens: int | None = None
     max_seconds: float | None = None
+    team: str | None = None  # a TeamConfig: YAML file or inline key=value list (pistar.team)
 
     def __post_init__(self) -> None:
         if self.kind not in ("llm", "expert", "random"):
             raise ValueError(f"agent {self.kind!r}: expected llm, expert or random")
+        if self.team is not None and self.kind != "llm":
+            raise ValueError("--agent-config applies to the llm agent only")
+        self.team_config()  # a broken config fails now, in one line
+
+    def team_config(self) -> Any:
+        from pistar.team import load_config
+
+        return load_config(self.team) if self.team else None
 
     def identity(self) -> dict[str, Any]:
         """What must match for a rerun to resume a run rather than mix two experiments in one table."""
         d = asdict(self)
+        d["team"] = self.team_config().model_dump() if self.team else None
         if self.kind != "llm":
             for k in ("model", "temperature", "history", "max_tokens", "constrained"):
                 d.pop(k)
@@ -79,7 +90,22 @@ class AgentSpec:
     def load_model(self) -> Model | None:
         return load_model(self.model) if self.kind == "llm" else None
 
-    def policy(self, env: Env, episode: Episode, model: Model | None, extra_tools: Sequence[Tool] = ()) -> Policy:
+    def role_models(self, main: Model | None) -> dict[str, Model]:
+        """The team's per-role models, each URI loaded once (the main model where it is the same)."""
+        team = self.team_config()
+        if main is None or team is None:
+            return {}
+        loaded = {main.uri: main, self.model: main}
+        return {role: loaded.setdefault(uri, load_model(uri)) for role, uri in team.models.items()}
+
+    def policy(
+        self,
+        env: Env,
+        episode: Episode,
+        model: Model | None,
+        extra_tools: Sequence[Tool] = (),
+        role_models: dict[str, Model] | None = None,
+    ) -> Policy:
         """A fresh policy per episode: its sampling seed comes from the episode, so results do not depend on the
         order in which concurrent episodes happen to run."""
         tools = [*tools_by_name(self.tools), *extra_tools, *env.tools()]
@@ -89,6 +115,22 @@ class AgentSpec:
         if self.kind == "random":
             return RandomAgent(episode_seed)
         assert model is not None
+        team = self.team_config()
+        if team is not None:
+            from pistar.memory import LongTermMemory
+            from pistar.team import TeamAgent
+
+            return TeamAgent(
+                model,
+                tools,
+                config=team,
+                role_models=role_models,
+                memory=LongTermMemory(team.memory) if team.memory else None,
+                temperature=self.temperature,
+                constrained=self.constrained,
+                answer=env.accepts_answers,
+                seed=episode_seed,
+            )
         return LLMAgent(
             model,
             tools,
@@ -254,6 +296,7 @@ async def _run_local(
 ) -> None:
     if model is not None:
         store.set_meta("model", model.info())
+    roles = spec.role_models(model)
     idle: dict[str, list[Env]] = {}  # environments are reused across episodes (a browser, a game cache)
     made: list[Env] = []
     gate = asyncio.Semaphore(concurrency)
@@ -267,9 +310,9 @@ async def _run_local(
                 env = await asyncio.to_thread(make_env, episode.env_id)
                 made.append(env)
             try:
-                policy = spec.policy(env, episode, model, mcp_tools)
+                policy = spec.policy(env, episode, model, mcp_tools, roles)
                 callbacks = [on_step(episode)] if on_step else []
-                traj = await run_episode(
+                traj = await play(
                     env, policy, episode.seed, spec.budget(episode), callbacks, env_thread=concurrency > 1
                 )
             finally:
@@ -284,6 +327,9 @@ async def _run_local(
         for env in made:
             with contextlib.suppress(Exception):  # closing must not hide the run's own outcome
                 env.close()
+        for m in {id(m): m for m in roles.values() if m is not model}.values():
+            await m.aclose()
+            m.close()
 
 
 def _start_mcp(specs: Sequence[str]) -> tuple[list[Any], list[Tool]]:
@@ -304,13 +350,14 @@ _WORKER: dict[str, Any] = {}  # per Ray worker process: loaded model and environ
 def _ray_episode(spec: AgentSpec, episode: Episode) -> Trajectory:
     if "model" not in _WORKER:
         _WORKER["model"] = spec.load_model()
+        _WORKER["roles"] = spec.role_models(_WORKER["model"])
         _WORKER["mcp"] = _start_mcp(spec.mcp)[1]
     envs = _WORKER.setdefault("envs", {})
     if episode.env_id not in envs:
         envs[episode.env_id] = make_env(episode.env_id)
     env = envs[episode.env_id]
-    policy = spec.policy(env, episode, _WORKER["model"], _WORKER["mcp"])
-    return asyncio.run(run_episode(env, policy, episode.seed, spec.budget(episode)))
+    policy = spec.policy(env, episode, _WORKER["model"], _WORKER["mcp"], _WORKER["roles"])
+    return asyncio.run(play(env, policy, episode.seed, spec.budget(episode)))
 
 
 async def _run_ray(

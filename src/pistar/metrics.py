@@ -23,6 +23,13 @@ LOOP_REPEATS = 4
 def episode_metrics(traj: Trajectory) -> dict[str, Any]:
     """The numbers of one finished episode, flat, as the result store keeps them."""
     tokens_in, tokens_out = traj.tokens
+    earlier = traj.config.get("earlier_attempts", [])  # Reflexion's failed attempts cost tokens too
+    tokens_in += sum(a["tokens_in"] for a in earlier)
+    tokens_out += sum(a["tokens_out"] for a in earlier)
+    by_role: dict[str, list[int]] = {}
+    for c in (c for s in traj.steps for c in s.calls):
+        tin, tout = by_role.get(c.role, [0, 0])
+        by_role[c.role] = [tin + c.prompt_tokens, tout + c.completion_tokens]
     tool_steps = [s for s in traj.steps if s.action is not None and s.action.kind == "tool"]
     labels = [s.action.label() if s.action is not None else None for s in traj.steps]
     longest, run = 0, 0
@@ -59,6 +66,8 @@ def episode_metrics(traj: Trajectory) -> dict[str, Any]:
         "stuck_steps": stuck,
         "tokens_in": tokens_in,
         "tokens_out": tokens_out,
+        "tokens_by_role": by_role,
+        "attempts": 1 + len(earlier),
         "model_calls": len(calls),
         "latency_s": sum(c.latency_s for c in calls) / len(calls) if calls else 0.0,
         "step_s": sum(s.agent_s + s.env_s for s in traj.steps) / len(traj.steps) if traj.steps else 0.0,
