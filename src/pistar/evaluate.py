@@ -301,7 +301,7 @@ async def _run_local(
     made: list[Env] = []
     gate = asyncio.Semaphore(concurrency)
 
-    async def play(episode: Episode) -> None:
+    async def one(episode: Episode) -> None:
         async with gate:
             pool = idle.setdefault(episode.env_id, [])
             if pool:
@@ -322,7 +322,7 @@ async def _run_local(
                 on_episode(episode, traj, metrics)
 
     try:
-        await asyncio.gather(*(play(e) for e in todo))
+        await asyncio.gather(*(one(e) for e in todo))
     finally:
         for env in made:
             with contextlib.suppress(Exception):  # closing must not hide the run's own outcome
