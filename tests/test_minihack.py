@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import random
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
-from pistar.agent import Budget, Decision, RandomAgent, run_episode
-from pistar.envs.base import Env
+from pistar.agent import Budget, ExpertAgent, RandomAgent, run_episode
 from pistar.envs.minihack import BOXOBAN, TASKS, MiniHackEnv, available_tasks, resolve_task
-from pistar.records import Action, Observation, Step
-from pistar.tools.base import Tool
+from pistar.records import Action, Observation
 
 STEPS = {"north": (0, -1), "east": (1, 0), "south": (0, 1), "west": (-1, 0)}
 WALKABLE = set(".#<>@")
@@ -36,48 +32,6 @@ def corridor() -> Iterator[MiniHackEnv]:
     env = MiniHackEnv("Corridor-R3")
     yield env
     env.close()
-
-
-class StairsSeeker:
-    """A scripted explorer: BFS over the text map to '>' if seen, else to the nearest unexplored edge.
-
-    A blank square counts as explored once the agent has stood next to it (NetHack always shows the
-    neighbouring squares, so a blank one there is rock). Moves are cardinal only, which every maze allows.
-    """
-
-    name = "stairs-seeker"
-    tools: Sequence[Tool] = ()
-
-    def __init__(self) -> None:
-        self.probed: set[tuple[int, int]] = set()
-
-    async def act(self, obs: Observation, env: Env, history: list[Step]) -> Decision:
-        if not history:
-            self.probed.clear()
-        grid = map_of(obs)
-        x, y = obs.extras["position"]
-        self.probed |= {(x + dx, y + dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
-        first: dict[tuple[int, int], str] = {}
-        queue = deque([(x, y)])
-        frontier: tuple[int, int] | None = None
-        seen = {(x, y)}
-        while queue:
-            cell = queue.popleft()
-            if grid.get(cell) == ">":
-                return Decision(act(first[cell]))
-            for name, (dx, dy) in STEPS.items():
-                nxt = (cell[0] + dx, cell[1] + dy)
-                if nxt not in grid and nxt not in self.probed and frontier is None and cell != (x, y):
-                    frontier = cell
-                if nxt in seen or grid.get(nxt) not in WALKABLE:
-                    continue
-                seen.add(nxt)
-                first[nxt] = first.get(cell, name)
-                queue.append(nxt)
-        if frontier is None:  # nothing left to explore from here: look around the agent itself
-            unexplored = [n for n, (dx, dy) in STEPS.items() if (x + dx, y + dy) not in self.probed]
-            return Decision(act(unexplored[0] if unexplored else random.choice(list(STEPS))))
-        return Decision(act(first[frontier]))
 
 
 # -- names ----------------------------------------------------------------------------------------------
@@ -232,7 +186,7 @@ async def test_scripted_explorer_reaches_the_stairs() -> None:
     env = MiniHackEnv("MazeWalk-9x9", render=False)
     try:
         for seed in range(5):
-            traj = await run_episode(env, StairsSeeker(), seed, Budget(max_steps=200))
+            traj = await run_episode(env, ExpertAgent(), seed, Budget(max_steps=200))
             assert traj.error is None, traj.error
             assert traj.success and traj.stop_reason == "terminated", (seed, traj.num_steps)
             assert traj.steps[-1].info["end_status"] == "task_successful"

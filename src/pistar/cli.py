@@ -31,7 +31,7 @@ app.add_typer(models_app, name="models")
 data_app = typer.Typer(no_args_is_help=True, help="Pull the data sets some environments need (pinned, verified).")
 app.add_typer(data_app, name="data")
 DATASETS = ("bfcl",)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -66,21 +66,25 @@ class TeamConfig(BaseModel):
 
 
 def load_config(spec: str) -> TeamConfig:
-    """A YAML file, or inline `key=value,key=value` for quick ablations (`reasoning=cot,action_reflector=true`)."""
-    path = Path(spec)
+    """A YAML file, inline `key=value,key=value` for quick ablations (`reasoning=cot,action_reflector=true`), or
+    both: `agents/memory.yaml,memory=runs/m.sqlite` overrides the file's keys."""
+    first, _, rest = spec.partition(",")
+    is_file = first.endswith((".yaml", ".yml")) or Path(first).is_file()
+    data: dict[str, Any] = {}
     try:
-        if path.suffix in (".yaml", ".yml") or path.exists():
+        if is_file:
+            path = Path(first)
             if not path.exists():
-                raise ValueError(f"agent config {spec!r} does not exist")
+                raise ValueError(f"agent config {first!r} does not exist")
             data = yaml.safe_load(path.read_text()) or {}
             data.setdefault("name", path.stem)
-        else:
-            data = {"name": spec}
-            for part in filter(None, spec.split(",")):
-                key, eq, value = part.partition("=")
-                if not eq:
-                    raise ValueError(f"agent config {spec!r}: expected key=value pairs or a YAML file")
-                data[key.strip()] = yaml.safe_load(value)
+        overrides = rest if is_file else spec
+        for part in filter(None, overrides.split(",")):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise ValueError(f"agent config {spec!r}: expected key=value pairs or a YAML file")
+            data[key.strip()] = yaml.safe_load(value)
+        data.setdefault("name", spec)
         return TeamConfig.model_validate(data)
     except yaml.YAMLError as e:
         raise ValueError(f"agent config {spec!r}: not valid YAML: {str(e).splitlines()[0]}") from None

@@ -67,6 +67,8 @@ _NEIGHBOURS += [(0, 1, "south"), (-1, 1, "southwest"), (-1, 0, "west"), (-1, -1,
 _USE_ITEMS = {nethack.Command.APPLY, nethack.Command.QUAFF, nethack.Command.ZAP, nethack.Command.PUTON}
 _QUESTION = re.compile(r"\[([^\[\]]+)\](?:\s*\(\S\))?\s*$")  # "[fg or ?*]", "[ynq] (n)" at the end of a message
 _TILE = 16
+_CARDINAL = {"north": (0, -1), "east": (1, 0), "south": (0, 1), "west": (-1, 0)}
+_WALKABLE = set(".#<>@")
 
 
 def _boxoban_installed() -> bool:
@@ -201,6 +203,9 @@ class MiniHackEnv(Env):
         self._done = True
         self._tiles: np.ndarray | None = None
         self._glyph_tile: np.ndarray | None = None
+        self._map: np.ndarray | None = None  # the last chars map and position, for the scripted explorer
+        self._pos = (0, 0)
+        self._probed: set[tuple[int, int]] = set()
 
     # -- Env ---------------------------------------------------------------------------------------
     def reset(self, seed: int) -> Observation:
@@ -211,6 +216,7 @@ class MiniHackEnv(Env):
         self._success = False
         self._done = False
         self._steps = 0
+        self._probed = set()
         return self._observation(obs)
 
     def step(self, action: Action) -> StepResult:
@@ -262,6 +268,41 @@ class MiniHackEnv(Env):
     def success(self) -> bool:
         return self._success
 
+    def expert_action(self) -> Action:
+        """A scripted explorer for the navigation tasks (MazeWalk, Corridor): breadth-first search over the map to
+        '>' once seen, else to the nearest square next to unexplored ground. A blank square counts as explored
+        once the agent stood beside it (NetHack always shows neighbours, so a blank one there is rock). Moves are
+        cardinal, which every maze allows. Monsters (CorridorBattle, Quest) are beyond it."""
+        if self._map is None or self._done:
+            raise RuntimeError(f"{self.id}: no episode in progress")
+        x, y = self._pos
+        rows, cols = self._map.shape
+        self._probed |= {(x + dx, y + dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+
+        def char(cx: int, cy: int) -> str:
+            return chr(int(self._map[cy, cx])) if 0 <= cy < rows and 0 <= cx < cols else " "
+
+        first: dict[tuple[int, int], str] = {}
+        queue, seen, frontier = [(x, y)], {(x, y)}, None
+        while queue:
+            cell = queue.pop(0)
+            if char(*cell) == ">":
+                return Action("act", name=first[cell])
+            for name, (dx, dy) in _CARDINAL.items():
+                nxt = (cell[0] + dx, cell[1] + dy)
+                blank = char(*nxt) in (" ", "\0")
+                if blank and nxt not in self._probed and frontier is None and cell != (x, y):
+                    frontier = cell
+                if nxt in seen or char(*nxt) not in _WALKABLE:
+                    continue
+                seen.add(nxt)
+                first[nxt] = first.get(cell, name)
+                queue.append(nxt)
+        if frontier is not None:
+            return Action("act", name=first[frontier])
+        unexplored = [n for n, (dx, dy) in _CARDINAL.items() if (x + dx, y + dy) not in self._probed]
+        return Action("act", name=unexplored[0] if unexplored else "north")
+
     def close(self) -> None:
         self._env.close()
 
@@ -269,6 +310,7 @@ class MiniHackEnv(Env):
     def _observation(self, obs: dict[str, np.ndarray]) -> Observation:
         chars, glyphs, descr = obs["chars"], obs["glyphs"], obs["screen_descriptions"]
         x, y = int(obs["blstats"][0]), int(obs["blstats"][1])
+        self._map, self._pos = chars, (x, y)
         message = _text(obs["message"])
         names = descr.view(f"S{descr.shape[-1]}")[..., 0]  # one bytes string per map square
 

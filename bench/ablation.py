@@ -1,0 +1,108 @@
+"""What reasoning, reflection, memory and a team are worth: the same model and seeds, four agent configurations.
+
+For each suite: the single agent (agents/baseline.yaml), + reflection, + memory (after a warm-up on other seeds
+that fills the long-term memory), and the full team. Prints a markdown table (success, steps, tokens per
+episode) and writes a bar chart. Every run is a `pistar eval` run directory under --out, so an interrupted
+ablation resumes where it stopped.
+
+    .venv/bin/python bench/ablation.py --suites babyai,textworld,miniwob --seeds 5 --warmup 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pistar.evaluate import AgentSpec, evaluate  # noqa: E402
+from pistar.metrics import aggregate  # noqa: E402
+from pistar.models import load_model  # noqa: E402
+from pistar.suites import load_suite  # noqa: E402
+from pistar.team import load_config  # noqa: E402
+
+CONFIGS = ("baseline", "reflection", "memory", "team")
+
+
+async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[str, dict]:
+    suite = load_suite(name).with_seeds(args.seeds, 0)
+    if args.max_steps:
+        for t in suite.tasks:
+            t.max_steps = min(t.max_steps, args.max_steps)
+    results = {}
+    for cfg in CONFIGS:
+        team = load_config(f"agents/{cfg}.yaml")
+        out = args.out / name / cfg
+        config = f"agents/{cfg}.yaml"
+        if team.memory:  # a memory of its own per suite and configuration, warmed up on other seeds
+            config += f",memory={out / 'memory.sqlite'}"
+            warm = load_suite(name).with_seeds(args.warmup, 1000)
+            for t in warm.tasks:
+                t.max_steps = min(t.max_steps, args.max_steps or t.max_steps)
+            spec = AgentSpec(model=args.model, team=config)
+            await evaluate(warm, spec, out / "warmup", concurrency=args.concurrency, model=model)
+        spec = AgentSpec(model=args.model, team=config)
+        rows = await evaluate(suite, spec, out / "eval", concurrency=args.concurrency, model=model)
+        results[cfg] = aggregate(rows)
+        m = results[cfg]
+        tokens = m["tokens_in"] + m["tokens_out"]
+        print(f"{name} {cfg}: success {m['successes']}/{m['scored']}, {m['steps']:.1f} steps, {tokens:.0f} tokens")
+    return results
+
+
+def table(all_results: dict[str, dict[str, dict]]) -> str:
+    lines = [
+        "| suite | configuration | success | steps | tokens / episode | vs baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for suite, results in all_results.items():
+        base = results["baseline"]["success_rate"]
+        for cfg, m in results.items():
+            lines.append(
+                f"| {suite} | {cfg} | {m['successes']}/{m['scored']} ({m['success_rate']:.0%}) | {m['steps']:.1f} | "
+                f"{m['tokens_in'] + m['tokens_out']:.0f} | {100 * (m['success_rate'] - base):+.0f} pts |"
+            )
+    return "\n".join(lines)
+
+
+def plot(all_results: dict[str, dict[str, dict]], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(all_results), figsize=(4.2 * len(all_results), 3.2), squeeze=False)
+    for ax, (suite, results) in zip(axes[0], all_results.items(), strict=True):
+        rates = [100 * results[c]["success_rate"] for c in CONFIGS]
+        ax.bar(CONFIGS, rates, color=["#888", "#4c78a8", "#54a24b", "#f58518"])
+        ax.set_ylim(0, 100)
+        ax.set_title(suite)
+        ax.set_ylabel("success %")
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="embedded:qwen2.5-coder-1.5b")
+    ap.add_argument("--suites", default="babyai,textworld,miniwob")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--max-steps", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    args = ap.parse_args()
+    model = load_model(args.model)
+    try:
+        results = {name: await run_suite(name, args, model) for name in args.suites.split(",")}
+    finally:
+        await model.aclose()
+        model.close()
+    print(table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(results, args.out / "ablation.png")
+    print(f"plot: {args.out / 'ablation.png'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
