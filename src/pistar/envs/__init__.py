@@ -26,6 +26,10 @@ def make_env(env_id: str, **kwargs: object) -> Env:
         from pistar.envs.minihack import MiniHackEnv
 
         return MiniHackEnv(task or "MazeWalk-9x9", **kwargs)
+    if family == "miniwob":
+        from pistar.envs.miniwob import MiniWoBEnv
+
+        return MiniWoBEnv(task or "click-button", **kwargs)
     if family == "bfcl":
         from pistar.envs.bfcl import BFCLEnv
 
@@ -33,7 +37,7 @@ def make_env(env_id: str, **kwargs: object) -> Env:
     raise ValueError(
         f"unknown environment {env_id!r}: expected babyai/<Level> (e.g. babyai/GoToLocal), "
         "textworld/<coin_collector|treasure_hunter|cooking|simple>, crafter/default, minihack/<Task> "
-        "(e.g. minihack/MazeWalk-9x9) or bfcl/<category>"
+        "(e.g. minihack/MazeWalk-9x9), miniwob/<task> (e.g. miniwob/click-button) or bfcl/<category>"
     )
 
 
