@@ -7,6 +7,7 @@ language-model policy; `ExpertAgent` plays the environment's built-in expert thr
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -101,7 +102,7 @@ class LLMAgent:
         for i, step in enumerate(window):
             note = f"({omitted} earlier steps not shown)\n" if i == 0 and omitted else ""
             msgs.append({"role": "user", "content": note + _feedback(previous) + _obs_text(step.observation)})
-            msgs.append({"role": "assistant", "content": step.calls[-1].completion if step.calls else ""})
+            msgs.append({"role": "assistant", "content": _reply(step)})
             previous = step
         text = _feedback(previous) + _obs_text(obs)
         if self.model.vision and obs.images:
@@ -304,6 +305,16 @@ def _obs_text(obs: Observation) -> str:
     valid = obs.valid_actions
     tail = f"\nValid actions: {', '.join(valid)}" if valid else ""
     return obs.text + tail
+
+
+def _reply(step: Step) -> str:
+    """What the model said at a past step; a step taken without a model call (a shortcut's later actions, an
+    expert's move) is shown as the JSON the model would have written."""
+    if step.calls:
+        return step.calls[-1].completion
+    if step.action is None:
+        return ""
+    return json.dumps({"thought": step.action.thought, "action": step.action.name}, ensure_ascii=False)
 
 
 def _feedback(step: Step | None) -> str:
