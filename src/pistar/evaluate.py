@@ -248,7 +248,7 @@ async def evaluate(
     mcp_servers, mcp_tools = _start_mcp(spec.mcp) if executor == "local" else ([], [])
     given = model
     try:
-        if model is None and executor == "local":
+        if model is None and executor == "local" and _pending(out, suite):
             model = spec.load_model()
         out.mkdir(parents=True, exist_ok=True)
         store = open_run(out, suite, spec)
@@ -274,6 +274,18 @@ async def evaluate(
         if model is not None and given is None:
             await model.aclose()
         _close(None if given else model, mcp_servers)
+
+
+def _pending(out: Path, suite: Suite) -> bool:
+    """Whether any episode is left to play (a finished run is reported without loading its model)."""
+    if not (out / "results.sqlite").exists():
+        return True
+    store = Store(out / "results.sqlite")
+    try:
+        done = store.done()
+    finally:
+        store.close()
+    return any((e.env_id, e.seed) not in done for e in suite.episodes())
 
 
 def _close(model: Model | None, servers: Sequence[Any]) -> None:
