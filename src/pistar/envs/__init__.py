@@ -30,6 +30,10 @@ def make_env(env_id: str, **kwargs: object) -> Env:
         from pistar.envs.miniwob import MiniWoBEnv
 
         return MiniWoBEnv(task or "click-button", **kwargs)
+    if family == "toolqa":
+        from pistar.envs.toolqa import ToolQAEnv
+
+        return ToolQAEnv(task or "mixed", **kwargs)
     if family == "bfcl":
         from pistar.envs.bfcl import BFCLEnv
 
@@ -37,7 +41,8 @@ def make_env(env_id: str, **kwargs: object) -> Env:
     raise ValueError(
         f"unknown environment {env_id!r}: expected babyai/<Level> (e.g. babyai/GoToLocal), "
         "textworld/<coin_collector|treasure_hunter|cooking|simple>, crafter/default, minihack/<Task> "
-        "(e.g. minihack/MazeWalk-9x9), miniwob/<task> (e.g. miniwob/click-button) or bfcl/<category>"
+        "(e.g. minihack/MazeWalk-9x9), miniwob/<task> (e.g. miniwob/click-button), bfcl/<category> "
+        "or toolqa/<arithmetic|data|units|lookup|mixed>"
     )
 
 
