@@ -94,7 +94,7 @@ def test_describe_names_every_tool(space: ActionSpace) -> None:
 def test_parameterised_actions_match_the_env_patterns_and_llama_cpp_compiles_them() -> None:
     import xllamacpp
 
-    space = ActionSpace(["click [1]", "press Enter"], env_patterns=[r'type \[[0-9]+\] .+'])
+    space = ActionSpace(["click [1]", "press Enter"], env_patterns=[r"type \[[0-9]+\] .+"])
     assert space.parse('{"thought": "t", "action": "type [3] hello world"}') == Action(
         "act", name="type [3] hello world", thought="t"
     )

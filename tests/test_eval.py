@@ -112,7 +112,7 @@ async def test_report_renders_in_headless_chromium_with_pictures_and_no_console_
     def look() -> tuple[list[str], list[int], str, int]:
         errors: list[str] = []
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=list(CHROMIUM_FLAGS))
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -133,16 +133,7 @@ async def test_report_renders_in_headless_chromium_with_pictures_and_no_console_
     assert rows == 1 + 8
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
+from pistar.envs.miniwob import CHROME_FLAGS as CHROMIUM_FLAGS  # noqa: E402
 
 
 def test_compare_finds_the_expert_significantly_better_than_random(tmp_path: Path) -> None:

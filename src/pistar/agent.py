@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pistar.actions import ActionError, ActionSpace
 from pistar.envs.base import Env
-from pistar.models.base import Model, ModelError
+from pistar.models.base import Completion, Model, ModelError
 from pistar.records import Action, ModelCall, Observation, Step, Trajectory, image_to_data_url
 from pistar.tools.base import Tool, ToolError
 
@@ -125,17 +125,7 @@ class LLMAgent:
             temperature=self.temperature,
             seed=seed,
         )
-        call = ModelCall(
-            messages=_strip_images(messages),
-            completion=c.text,
-            prompt_ids=c.prompt_ids,
-            completion_ids=c.completion_ids,
-            completion_logprobs=c.logprobs,
-            prompt_tokens=c.prompt_tokens,
-            completion_tokens=c.completion_tokens,
-            finish_reason=c.finish_reason,
-            latency_s=c.latency_s,
-        )
+        call = record_call(_strip_images(messages), c)
         parsed = space.parse(c.text)
         if isinstance(parsed, ActionError):
             if c.finish_reason == "length" and parsed.kind == "bad_json":
@@ -158,6 +148,22 @@ class RandomAgent:
 
     async def act(self, obs: Observation, env: Env, history: list[Step]) -> Decision:
         return Decision(Action("act", name=self.rng.choice(obs.valid_actions)))
+
+
+def record_call(messages: list[dict[str, Any]], c: Completion, role: str = "policy") -> ModelCall:
+    """A model call as the trajectory keeps it: the prompt, the reply, and the token ids training will need."""
+    return ModelCall(
+        messages=messages,
+        completion=c.text,
+        prompt_ids=c.prompt_ids,
+        completion_ids=c.completion_ids,
+        completion_logprobs=c.logprobs,
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        finish_reason=c.finish_reason,
+        latency_s=c.latency_s,
+        role=role,
+    )
 
 
 def window_start(n: int, size: int) -> int:

@@ -171,7 +171,7 @@ def _spec(
     from pistar.evaluate import AgentSpec, tools_by_name
 
     try:
-        tools_by_name([t for t in _tool_names(tools) if not t.startswith("search:")])  # fail before loading a model
+        tools_by_name(_tool_names(tools))  # fail before loading a model (a search folder is only read)
         return AgentSpec(
             kind=agent,
             model=model,

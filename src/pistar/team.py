@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pistar.actions import ActionSpace
-from pistar.agent import Budget, Decision, LLMAgent, run_episode, window_start
+from pistar.agent import Budget, Decision, LLMAgent, record_call, run_episode, window_start
 from pistar.envs.base import Env
 from pistar.memory import LongTermMemory, Recall, Shortcut
 from pistar.models.base import Model
@@ -270,18 +270,7 @@ class TeamAgent(LLMAgent):
         model = self.roles[role]
         messages = [{"role": "user", "content": prompt}]
         c = await model.complete(messages, schema=schema, max_tokens=max_tokens, temperature=0.0)
-        call = ModelCall(
-            messages=messages,
-            completion=c.text,
-            prompt_ids=c.prompt_ids,
-            completion_ids=c.completion_ids,
-            completion_logprobs=c.logprobs,
-            prompt_tokens=c.prompt_tokens,
-            completion_tokens=c.completion_tokens,
-            finish_reason=c.finish_reason,
-            latency_s=c.latency_s,
-            role=role,
-        )
+        call = record_call(messages, c, role)
         try:
             data = json.loads(c.text[c.text.find("{") :])
         except (json.JSONDecodeError, ValueError):
