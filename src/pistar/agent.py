@@ -58,7 +58,7 @@ class LLMAgent:
 
     def __init__(
         self,
-        model: Model,
+        model: Model | None,  # None: only render prompts (a teacher writing training data)
         tools: Sequence[Tool] = (),
         *,
         history: int = 4,
@@ -80,7 +80,7 @@ class LLMAgent:
         self.answer = answer
         self.constrained = constrained
         self.seed = seed
-        self.name = f"llm({model.uri})"
+        self.name = f"llm({model.uri if model else 'none'})"
 
     def space(self, obs: Observation) -> ActionSpace:
         patterns = list(obs.extras.get("action_patterns", []))
@@ -88,7 +88,8 @@ class LLMAgent:
 
     def config(self) -> dict[str, Any]:
         keys = ("history", "max_tokens", "temperature", "thought_chars", "think_only", "answer", "constrained")
-        return {"agent": "llm", "model": self.model.info(), "tools": [t.name for t in self.tools]} | {
+        model = self.model.info() if self.model else None
+        return {"agent": "llm", "model": model, "tools": [t.name for t in self.tools]} | {
             k: getattr(self, k) for k in keys
         }
 
@@ -105,7 +106,7 @@ class LLMAgent:
             msgs.append({"role": "assistant", "content": _reply(step)})
             previous = step
         text = _feedback(previous) + _obs_text(obs)
-        if self.model.vision and obs.images:
+        if self.model is not None and self.model.vision and obs.images:
             content: Any = [{"type": "text", "text": text}] + [
                 {"type": "image_url", "image_url": {"url": image_to_data_url(img)}} for img in obs.images[-1:]
             ]
@@ -118,6 +119,7 @@ class LLMAgent:
         space = self.space(obs)
         messages = self.messages(obs, env, history, space)
         seed = None if self.seed is None else self.seed * 1_000_003 + len(history)
+        assert self.model is not None, "an LLMAgent without a model only renders prompts"
         c = await self.model.complete(
             messages,
             schema=space.schema() if self.constrained else None,
@@ -189,14 +191,25 @@ class ExpertAgent:
 
     name = "expert"
 
-    def __init__(self, tools: Sequence[Tool] = ()) -> None:
+    def __init__(self, tools: Sequence[Tool] = (), teacher: LLMAgent | None = None) -> None:
         self.tools = list(tools)
+        self.teacher = teacher
+        if teacher is not None:
+            self.name = "teacher"
 
     def config(self) -> dict[str, Any]:
+        if self.teacher is not None:
+            return {**self.teacher.config(), "agent": "teacher"}
         return {"agent": "expert"}
 
     async def act(self, obs: Observation, env: Env, history: list[Step]) -> Decision:
-        return Decision(env.expert_action())
+        action = env.expert_action()
+        if self.teacher is None:
+            return Decision(action)
+        # As a teacher, the expert also writes down the prompt an LLM agent would have seen and the reply it should
+        # have given: the same records an LLM run makes, so SFT reads expert and model runs alike.
+        messages = self.teacher.messages(obs, env, history, self.teacher.space(obs))
+        return Decision(action, [ModelCall(_strip_images(messages), reply_json(action), role="policy")])
 
 
 async def run_episode(
@@ -320,7 +333,19 @@ def _reply(step: Step) -> str:
         return step.calls[-1].completion
     if step.action is None:
         return ""
-    return json.dumps({"thought": step.action.thought, "action": step.action.name}, ensure_ascii=False)
+    return reply_json(step.action)
+
+
+def reply_json(action: Action) -> str:
+    """The reply, in the action space's JSON format, that would have produced `action`."""
+    body: dict[str, Any] = {"thought": action.thought}
+    if action.kind == "act":
+        body["action"] = action.name
+    elif action.kind == "tool":
+        body |= {"tool": action.name, "args": action.args}
+    elif action.kind == "answer":
+        body["answer"] = action.text
+    return json.dumps(body, ensure_ascii=False)
 
 
 def _feedback(step: Step | None) -> str:

@@ -28,8 +28,14 @@ from pistar.models import weights as weights_mod
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="pistar: agentic multimodal LLMs, offline first.")
 models_app = typer.Typer(no_args_is_help=True, help="List and pull the offline model weights.")
 app.add_typer(models_app, name="models")
-data_app = typer.Typer(no_args_is_help=True, help="Pull the data sets some environments need (pinned, verified).")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Pull the data sets some environments need; build training data from runs."
+)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(
+    no_args_is_help=True, help="Train the policy: sft and dpo on `pistar data` sets, grpo and ppo online."
+)
+app.add_typer(train_app, name="train")
 DATASETS = ("bfcl",)
 console = Console(stderr=True, soft_wrap=True)
 
@@ -46,7 +52,11 @@ def _tool_names(names: str) -> list[str]:
 
 ModelOpt = Annotated[str, typer.Option(help="Model URI: embedded[:NAME], openai:MODEL@URL, hf:PATH.")]
 AgentOpt = Annotated[
-    str, typer.Option(help="llm (the model), expert (the environment's scripted expert) or random (a seeded baseline).")
+    str,
+    typer.Option(
+        help="llm (the model), expert (the environment's scripted expert), random (a seeded baseline) or teacher "
+        "(the expert, recording the prompts and replies an llm agent should give: training data)."
+    ),
 ]
 TemperatureOpt = Annotated[
     float, typer.Option(help="Sampling temperature; 0 is greedy, which traps small models in repeated actions.")
@@ -204,7 +214,7 @@ def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str 
         except (ValueError, RuntimeError, ImportError) as e:
             raise fail(str(e)) from None
         probe.close()
-        if spec.kind == "expert" and type(probe).expert_action is Env.expert_action:
+        if spec.kind in ("expert", "teacher") and type(probe).expert_action is Env.expert_action:
             raise fail(f"{env_id} has no expert policy: use --agent llm or --agent random")
     columns = [
         SpinnerColumn(),
@@ -397,6 +407,163 @@ def data_pull(
     except RuntimeError as e:
         raise fail(str(e)) from None
     console.print(f"[green]ok[/] {name}: {path}")
+
+
+@data_app.command("build")
+def data_build(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of `pistar eval` (any agent, incl. teacher).")],
+    out: Annotated[Path, typer.Option(help="Where the datasets go: OUT/sft, OUT/dpo, OUT/summary.json.")],
+    success: Annotated[bool, typer.Option(help="Keep only successful episodes.")] = False,
+    min_progress: Annotated[float, typer.Option(help="Keep episodes with at least this progress.")] = 0.0,
+    valid_only: Annotated[bool, typer.Option(help="Drop episodes with any invalid reply.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Drop episodes longer than this.")] = None,
+    roles: Annotated[str, typer.Option(help="Model-call roles kept, comma-separated (default: all).")] = "",
+    judge: Annotated[str | None, typer.Option(help="A model URI that must call each kept episode good.")] = None,
+    pairs: Annotated[bool, typer.Option(help="Preference pairs from successes and failures of the same task.")] = True,
+    correct: Annotated[
+        bool, typer.Option(help="Replay failed episodes and label every state with the expert's action (DAgger).")
+    ] = False,
+    history: Annotated[int, typer.Option(help="Prompt window for corrections of call-less episodes.")] = 4,
+    validation: Annotated[float, typer.Option(help="Share of (env, seed) tasks held out for validation.")] = 0.1,
+) -> None:
+    """Turn runs into Hugging Face datasets for SFT and DPO, split by task so nothing leaks."""
+    from pistar.train.data import Filters, build
+
+    judge_model = None
+    if judge:
+        from pistar.models import load_model
+
+        try:
+            judge_model = load_model(judge)
+        except (ValueError, weights_mod.ModelMissing) as e:
+            raise fail(str(e)) from None
+    filters = Filters(
+        success, min_progress, valid_only, max_steps, tuple(r for r in roles.split(",") if r), judge_model
+    )
+    try:
+        summary = build(runs, out, filters, validation=validation, pairs=pairs, correct=correct, history=history)
+    except FileNotFoundError as e:
+        raise fail(str(e)) from None
+    finally:
+        if judge_model is not None:
+            judge_model.close()
+    console.print(
+        f"{summary['episodes']} episodes, {summary['kept']} kept (dropped: {dict(summary['dropped']) or 'none'}); "
+        f"sft {summary.get('sft_split', {})}, dpo {summary.get('dpo_split', {})} → {out}",
+        highlight=False,
+    )
+
+
+TrainConfigArg = Annotated[
+    str | None, typer.Argument(help="A YAML train config, optionally with overrides: cfg.yaml,lr=1e-4.")
+]
+TrainModelOpt = Annotated[str | None, typer.Option(help="Model to train: catalog name, dir, .gguf or an adapter.")]
+TrainOutOpt = Annotated[str | None, typer.Option(help="Output directory (adapter or model, logs).")]
+TrainSetOpt = Annotated[str, typer.Option("--set", help="Overrides, key=value,key=value (see TrainConfig).")]
+
+
+def _train_config(config: str | None, overrides: str, **fields: object):  # noqa: ANN202
+    from pistar.train.model import load_train_config
+
+    spec = ",".join(p for p in (config, overrides) if p) or None
+    try:
+        return load_train_config(spec, **fields)
+    except ValueError as e:
+        raise fail(str(e)) from None
+
+
+def _train(kind: str, config) -> None:  # noqa: ANN001
+    try:
+        if kind == "sft":
+            from pistar.train.sft import train_sft
+
+            metrics = train_sft(config)
+        elif kind == "dpo":
+            from pistar.train.dpo import train_dpo
+
+            metrics = train_dpo(config)
+        else:
+            metrics = _train_rl(kind, config)
+    except (FileNotFoundError, ValueError, weights_mod.ModelMissing) as e:
+        raise fail(str(e)) from None
+    console.print(f"[green]done[/] {kind}: {config.out}  {metrics}", highlight=False)
+    console.print(f"use it: pistar eval SUITE --model hf:{config.out}", highlight=False)
+
+
+def _train_rl(kind: str, config) -> dict:  # noqa: ANN001
+    from pistar.train.rl import train_rl
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(kind, total=config.iterations)
+
+        def show(r: dict) -> None:
+            bar.update(
+                task,
+                completed=r["iteration"] + 1,
+                description=(
+                    f"{kind} reward {r['reward']:.2f} success {r['success']:.0%} kl {r.get('kl', 0):.4f} "
+                    f"equal groups {r['equal_groups']}/{r['groups']}"
+                ),
+            )
+
+        log = train_rl(config, kind, on_iteration=show)
+    return {"iterations": len(log), "last": log[-1] if log else None}
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    config: TrainConfigArg = None,
+    model: TrainModelOpt = None,
+    data: Annotated[str | None, typer.Option(help="A `pistar data build` output directory.")] = None,
+    out: TrainOutOpt = None,
+    overrides: TrainSetOpt = "",
+) -> None:
+    """Supervised fine-tuning (LoRA by default) on the model's own tokens of each trajectory step."""
+    _train("sft", _train_config(config, overrides, model=model, data=data, out=out))
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    config: TrainConfigArg = None,
+    model: TrainModelOpt = None,
+    data: Annotated[str | None, typer.Option(help="A `pistar data build` output directory.")] = None,
+    out: TrainOutOpt = None,
+    overrides: TrainSetOpt = "",
+) -> None:
+    """Direct preference optimisation on chosen/rejected replies of the same task."""
+    _train("dpo", _train_config(config, overrides, model=model, data=data, out=out))
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(
+    config: TrainConfigArg = None,
+    model: TrainModelOpt = None,
+    suite: Annotated[str | None, typer.Option(help="Training tasks: a suite name or YAML file.")] = None,
+    out: TrainOutOpt = None,
+    overrides: TrainSetOpt = "",
+) -> None:
+    """Online multi-turn GRPO: groups of episodes per seed through pistar's own loop; resumes when rerun."""
+    _train("grpo", _train_config(config, overrides, model=model, suite=suite, out=out))
+
+
+@train_app.command("ppo")
+def train_ppo_cmd(
+    config: TrainConfigArg = None,
+    model: TrainModelOpt = None,
+    suite: Annotated[str | None, typer.Option(help="Training tasks: a suite name or YAML file.")] = None,
+    out: TrainOutOpt = None,
+    overrides: TrainSetOpt = "",
+) -> None:
+    """Online multi-turn PPO with a value head and turn-level GAE; resumes when rerun."""
+    _train("ppo", _train_config(config, overrides, model=model, suite=suite, out=out))
 
 
 @app.command()

@@ -53,7 +53,7 @@ _PACKAGES = (
 class AgentSpec:
     """Everything that decides how an agent plays, picklable, so a Ray worker can rebuild the same agent."""
 
-    kind: str = "llm"  # llm | expert | random
+    kind: str = "llm"  # llm | expert | random | teacher (the expert, recording the prompts an llm agent would see)
     model: str = DEFAULT_URI
     temperature: float = 0.7
     history: int = 4
@@ -67,8 +67,8 @@ class AgentSpec:
     team: str | None = None  # a TeamConfig: YAML file or inline key=value list (pistar.team)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("llm", "expert", "random"):
-            raise ValueError(f"agent {self.kind!r}: expected llm, expert or random")
+        if self.kind not in ("llm", "expert", "random", "teacher"):
+            raise ValueError(f"agent {self.kind!r}: expected llm, expert, random or teacher")
         if self.team is not None and self.kind != "llm":
             raise ValueError("--agent-config applies to the llm agent only")
         self.team_config()  # a broken config fails now, in one line
@@ -83,8 +83,10 @@ class AgentSpec:
         d = asdict(self)
         d["team"] = self.team_config().model_dump() if self.team else None
         if self.kind != "llm":
-            for k in ("model", "temperature", "history", "max_tokens", "constrained"):
+            for k in ("model", "temperature", "max_tokens", "constrained"):
                 d.pop(k)
+            if self.kind != "teacher":
+                d.pop("history")
         return d
 
     def load_model(self) -> Model | None:
@@ -111,6 +113,8 @@ class AgentSpec:
         tools = [*tools_by_name(self.tools), *extra_tools, *env.tools()]
         if self.kind == "expert":
             return ExpertAgent(tools)
+        if self.kind == "teacher":
+            return ExpertAgent(tools, LLMAgent(None, tools, history=self.history, answer=env.accepts_answers))
         episode_seed = zlib.crc32(f"{self.seed}:{episode.env_id}:{episode.seed}".encode())
         if self.kind == "random":
             return RandomAgent(episode_seed)

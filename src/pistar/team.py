@@ -22,12 +22,11 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from pistar import configs
 from pistar.actions import ActionSpace
 from pistar.agent import Budget, Decision, LLMAgent, record_call, run_episode, window_start
 from pistar.envs.base import Env
@@ -68,30 +67,7 @@ class TeamConfig(BaseModel):
 def load_config(spec: str) -> TeamConfig:
     """A YAML file, inline `key=value,key=value` for quick ablations (`reasoning=cot,action_reflector=true`), or
     both: `agents/memory.yaml,memory=runs/m.sqlite` overrides the file's keys."""
-    first, _, rest = spec.partition(",")
-    is_file = first.endswith((".yaml", ".yml")) or Path(first).is_file()
-    data: dict[str, Any] = {}
-    try:
-        if is_file:
-            path = Path(first)
-            if not path.exists():
-                raise ValueError(f"agent config {first!r} does not exist")
-            data = yaml.safe_load(path.read_text()) or {}
-            data.setdefault("name", path.stem)
-        overrides = rest if is_file else spec
-        for part in filter(None, overrides.split(",")):
-            key, eq, value = part.partition("=")
-            if not eq:
-                raise ValueError(f"agent config {spec!r}: expected key=value pairs or a YAML file")
-            data[key.strip()] = yaml.safe_load(value)
-        data.setdefault("name", spec)
-        return TeamConfig.model_validate(data)
-    except yaml.YAMLError as e:
-        raise ValueError(f"agent config {spec!r}: not valid YAML: {str(e).splitlines()[0]}") from None
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "config"
-        raise ValueError(f"agent config {spec!r}: {where}: {err['msg']}") from None
+    return configs.load_config(spec, TeamConfig, "agent config")
 
 
 @dataclass

@@ -44,6 +44,11 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
 
 def resolve_target(target: str) -> Path:
+    """A loadable model directory; for a LoRA adapter directory, that of its base model."""
+    if (Path(target) / "adapter_config.json").exists():
+        from pistar.train.model import adapter_base
+
+        return resolve_target(adapter_base(target))
     if target in weights.CATALOG:
         out = converted_dir(target)
         if not out.exists():
@@ -87,6 +92,10 @@ class HFModel(Model):
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
                 tokenizer = AutoTokenizer.from_pretrained(path)
+            if (Path(target) / "adapter_config.json").exists():  # a LoRA from `pistar train`: merged for speed
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, target).merge_and_unload()
         self.model = model.to(device).eval()
         self.processor = tokenizer
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)

@@ -1,0 +1,185 @@
+"""What training buys on BabyAI: the same small model before training, after SFT on expert trajectories, after GRPO.
+
+Stages (each a directory under --out; rerunning skips what is done, so an interrupted bench resumes):
+  teacher   the BabyAI bot plays the training seeds, recording the prompts an LLM agent would see (--agent teacher)
+  data      `pistar data build` of those runs (successes only), split by seed
+  base      the untrained model on the held-out test seeds
+  sft       LoRA SFT on the teacher data, then evaluated on the test seeds
+  grpo      online GRPO from the SFT adapter on the training seeds, then evaluated on the test seeds
+Prints a table (success per kind and stage) and writes learning.png (bars per stage, GRPO's reward curve).
+
+    .venv/bin/python bench/learning.py --out runs/learning
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pistar.evaluate import AgentSpec, evaluate  # noqa: E402
+from pistar.metrics import aggregate  # noqa: E402
+from pistar.suites import Suite, TaskSpec  # noqa: E402
+from pistar.train.data import Filters, build  # noqa: E402
+from pistar.train.model import TrainConfig  # noqa: E402
+
+KINDS = ("goto", "pickup")
+
+
+def suite(seeds: int, start: int, max_steps: int) -> Suite:
+    tasks = [
+        TaskSpec(env=f"babyai/MixedTrainLocal/{k}", seeds=seeds, seed_start=start, max_steps=max_steps) for k in KINDS
+    ]
+    return Suite("learning", tasks)
+
+
+def by_kind(rows: list[dict]) -> dict[str, dict]:
+    out = {}
+    for kind in KINDS:
+        mine = [r for r in rows if r["env_id"].endswith("/" + kind)]
+        out[kind] = aggregate(mine)
+    out["all"] = aggregate(rows)
+    return out
+
+
+async def evaluate_stage(name: str, model_uri: str, args: argparse.Namespace) -> dict[str, dict]:
+    spec = AgentSpec(model=model_uri, history=args.history, temperature=args.temperature, max_tokens=48)
+    t0 = time.perf_counter()
+    rows = await evaluate(suite(args.test_seeds, 0, args.max_steps), spec, args.out / f"eval_{name}", concurrency=4)
+    result = by_kind(rows)
+    print(
+        f"{name}: "
+        + ", ".join(f"{k} {v['successes']}/{v['scored']}" for k, v in result.items())
+        + f" ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
+    return result
+
+
+def embedded_uri(model: str, adapter_dir: Path) -> str:
+    """The trained adapter at llama.cpp speed when it was exported to GGUF, else through transformers."""
+    meta = json.loads((adapter_dir / "pistar.json").read_text())
+    if meta.get("gguf"):
+        return f"embedded:{model}?lora={meta['gguf']}&parallel=4&ctx=8192"
+    return f"hf:{adapter_dir}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/learning"))
+    p.add_argument("--model", default="qwen2.5-coder-0.5b")
+    p.add_argument("--train-seeds", type=int, default=60)
+    p.add_argument("--test-seeds", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=24)
+    p.add_argument("--history", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.3)
+    p.add_argument("--sft-epochs", type=float, default=1.0)
+    p.add_argument("--sft-examples", type=int, default=300)
+    p.add_argument("--grpo-iterations", type=int, default=8)
+    p.add_argument("--stages", default="base,sft,grpo")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    results: dict[str, dict] = {}
+
+    train = suite(args.train_seeds, 1000, args.max_steps)
+    teacher = AgentSpec(kind="teacher", history=args.history)
+    asyncio.run(evaluate(train, teacher, args.out / "teacher", concurrency=4))
+    data = args.out / "data"
+    if not (data / "summary.json").exists():
+        summary = build([args.out / "teacher"], data, Filters(success=True), validation=0.1, pairs=False)
+        print("data:", summary.get("sft_split"), flush=True)
+
+    if "base" in stages:
+        results["base"] = asyncio.run(evaluate_stage("base", f"embedded:{args.model}?parallel=4&ctx=8192", args))
+
+    sft_dir = args.out / "sft"
+    if "sft" in stages:
+        if not (sft_dir / "pistar.json").exists():
+            from pistar.train.sft import train_sft
+
+            config = TrainConfig(
+                model=args.model,
+                data=str(data),
+                out=str(sft_dir),
+                epochs=args.sft_epochs,
+                max_examples=args.sft_examples,
+                lr=2e-4,
+                grad_accum=4,
+                max_length=1024,
+                logging_steps=10,
+            )
+            t0 = time.perf_counter()
+            metrics = train_sft(config)
+            print(
+                f"sft: {metrics['examples']} examples, eval loss {metrics.get('eval_loss')}, "
+                f"{time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+        results["sft"] = asyncio.run(evaluate_stage("sft", embedded_uri(args.model, sft_dir), args))
+
+    grpo_dir = args.out / "grpo"
+    curve: list[dict] = []
+    if "grpo" in stages:
+        if not (grpo_dir / "pistar.json").exists():
+            from pistar.train.rl import train_rl
+
+            (args.out / "train_suite.yaml").write_text(json.dumps(train.to_dict()))
+            config = TrainConfig(
+                model=str(sft_dir),
+                out=str(grpo_dir),
+                suite=str(args.out / "train_suite.yaml"),
+                iterations=args.grpo_iterations,
+                tasks_per_iter=2,
+                group_size=4,
+                temperature=1.0,
+                lr=2e-5,
+                history=args.history,
+                max_tokens=48,
+                kl_coef=0.04,
+                minibatch=16,
+            )
+            train_rl(config, "grpo", on_iteration=lambda r: print("grpo", json.dumps(r), flush=True))
+        curve = [json.loads(line) for line in (grpo_dir / "log.jsonl").read_text().splitlines()]
+        results["grpo"] = asyncio.run(evaluate_stage("grpo", embedded_uri(args.model, grpo_dir), args))
+
+    print("\n| stage | " + " | ".join(KINDS) + " | all |\n|---|" + "---|" * (len(KINDS) + 1))
+    for stage, r in results.items():
+        cells = [f"{r[k]['successes']}/{r[k]['scored']} ({r[k]['success_rate']:.0%})" for k in (*KINDS, "all")]
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+    (args.out / "results.json").write_text(json.dumps({"results": results, "grpo": curve}, indent=2, default=str))
+    plot(results, curve, args.out / "learning.png")
+    print(f"picture: {args.out / 'learning.png'}")
+
+
+def plot(results: dict[str, dict], curve: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    stages = list(results)
+    width = 0.8 / len(KINDS)
+    for i, kind in enumerate(KINDS):
+        rates = [100 * results[s][kind]["success_rate"] for s in stages]
+        axes[0].bar([x + i * width for x in range(len(stages))], rates, width, label=kind)
+    axes[0].set_xticks([x + width * (len(KINDS) - 1) / 2 for x in range(len(stages))], stages)
+    axes[0].axhline(80, color="#999", lw=0.8, ls="--")
+    axes[0].set_ylim(0, 100)
+    axes[0].set_ylabel("test success %")
+    axes[0].legend()
+    if curve:
+        axes[1].plot([r["iteration"] for r in curve], [r["success"] * 100 for r in curve], marker="o", label="success")
+        axes[1].set_xlabel("GRPO iteration")
+        axes[1].set_ylabel("training success %")
+        axes[1].set_ylim(0, 100)
+    axes[1].set_title("GRPO on training seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

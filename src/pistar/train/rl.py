@@ -1,0 +1,383 @@
+"""Online multi-turn RL: GRPO and PPO, with rollouts through pistar's own agent loop and environments.
+
+An iteration plays `group_size` episodes on each of `tasks_per_iter` seeds of the suite with the policy being
+trained (the same LLMAgent and run_episode as `pistar eval`), then updates on every model call ("turn") of those
+episodes. A turn is the exact `prompt_ids + completion_ids` the backend used; only completion tokens enter the loss,
+so text written by the environment or a tool, and earlier turns shown in the prompt, get no gradient.
+
+- GRPO: an episode's advantage is its return minus its group's mean (divided by the group's std unless
+  `scale_rewards=False`), given to every token the policy wrote in that episode. A group whose returns are all
+  equal teaches nothing; such groups are counted in the log, not hidden.
+- PPO: a value head on the last prompt token estimates each turn's value; advantages come from GAE over the
+  turns of an episode (γ, λ), returns train the value head with a clipped loss.
+- Both: the clipped ratio objective, a KL penalty to the reference policy (k3 estimator; with LoRA the reference
+  is the same network with the adapter off, or the adapter as it was when training started), token-mean loss.
+
+Every iteration appends a line to OUT/log.jsonl (reward, success, KL, entropy, clip fraction, equal groups) and
+saves the adapter, the optimizer and the value head: a killed run resumes at the next iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pistar.train.model import TrainConfig, is_adapter, load_policy, save_policy
+
+
+@dataclass
+class Turn:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float = 0.0
+    ret: float = 0.0  # PPO: the value target
+    old_value: float = 0.0
+    old_logp: Any = None  # tensor, when the update takes more than one optimizer step
+    ref_logp: Any = None
+
+
+def grpo_advantages(rewards: list[float], scale: bool = True, eps: float = 1e-6) -> list[float]:
+    """Group-relative advantages: (r - mean) / std over one group (population std); all zero if all equal."""
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    if std < eps:
+        return [0.0] * len(rewards)
+    return [(r - mean) / std if scale else r - mean for r in rewards]
+
+
+def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+    """Generalised advantage estimation over the turns of one episode, which ends after the last turn."""
+    advantages = [0.0] * len(rewards)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(values) else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+    return advantages, [a + v for a, v in zip(advantages, values, strict=True)]
+
+
+def clipped_surrogate(logp: Any, old_logp: Any, advantage: Any, clip: float) -> tuple[Any, Any]:
+    """Per-token PPO policy loss, -min(ρA, clip(ρ, 1±ε)A), and whether each token was clipped."""
+    import torch
+
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantage
+    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * advantage
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
+
+
+def value_loss(value: Any, old_value: Any, ret: Any, clip: float) -> Any:
+    """PPO's clipped value loss: the worse of the new value's error and the clipped one's."""
+    import torch
+
+    clipped = old_value + torch.clamp(value - old_value, -clip, clip)
+    return 0.5 * torch.maximum((value - ret) ** 2, (clipped - ret) ** 2)
+
+
+def kl_k3(logp: Any, ref_logp: Any) -> Any:
+    """Per-token KL(π‖π_ref) estimate, exp(ref - logp) - (ref - logp) - 1: unbiased and never negative."""
+    import torch
+
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def completion_logprobs(model: Any, prompt_ids: list[int], completion_ids: list[int], hidden: bool = False) -> Any:
+    """Log-probs of the completion tokens under `model`, their entropies, and (for PPO) the last prompt token's
+    final hidden state. Logits are taken only where they predict completion tokens."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids + completion_ids], device=device)
+    out = model(input_ids=ids, output_hidden_states=hidden)
+    start = len(prompt_ids)
+    logits = out.logits[0, start - 1 : -1].float()
+    logp_all = torch.log_softmax(logits, -1)
+    target = ids[0, start:]
+    logp = logp_all.gather(-1, target[:, None])[:, 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    h = out.hidden_states[-1][0, start - 1] if hidden else None
+    return logp, entropy, h
+
+
+class RLTrainer:
+    def __init__(self, config: TrainConfig, algo: str):
+        import torch
+
+        if algo not in ("grpo", "ppo"):
+            raise ValueError(f"unknown algorithm {algo!r}: grpo or ppo")
+        if not config.suite:
+            raise ValueError("online RL needs the tasks it plays: set suite=NAME or suite=FILE.yaml")
+        if config.rollout_model != "policy":
+            raise ValueError(
+                f"rollout_model={config.rollout_model!r}: only 'policy' (the trained model in this process) is "
+                "built; a vLLM rollout server is not supported yet"
+            )
+        from pistar.suites import load_suite
+
+        self.config, self.algo = config, algo
+        self.out = Path(config.out)
+        self.episodes = load_suite(config.suite).episodes()
+        random.Random(config.seed).shuffle(self.episodes)  # tasks of every kind from the first iterations on
+        start_adapter = config.model if is_adapter(config.model) else None
+        resume = self.out / "checkpoint"
+        if is_adapter(resume):
+            config = config.model_copy(update={"model": str(resume)})
+        self.model, self.tokenizer, self.base = load_policy(config)
+        self.model.config.use_cache = False
+        self.reference = "adapter_off"
+        if start_adapter is not None and hasattr(self.model, "load_adapter"):
+            # Continuing an SFT adapter: the reference is that adapter as it was, kept frozen beside the trained one.
+            self.model.load_adapter(start_adapter, adapter_name="reference", is_trainable=False)
+            self.model.set_adapter("default")
+            self.reference = "start_adapter"
+        elif not hasattr(self.model, "disable_adapter"):
+            import copy
+
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = "copy"
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.value_head = None
+        if algo == "ppo":
+            hidden = self.model.config.get_text_config().hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            params += list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr)
+        self.iteration = 0
+        if (self.out / "checkpoint" / "trainer.pt").exists():
+            state = torch.load(self.out / "checkpoint" / "trainer.pt", weights_only=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.value_head is not None:
+                self.value_head.load_state_dict(state["value_head"])
+            self.iteration = state["iteration"]
+            random.setstate(state["random"])
+
+    # -- rollouts ------------------------------------------------------------------------------------------------
+
+    def tasks(self, iteration: int) -> list[Any]:
+        n = self.config.tasks_per_iter
+        return [self.episodes[(iteration * n + i) % len(self.episodes)] for i in range(n)]
+
+    async def rollouts(self, iteration: int) -> list[list[Any]]:
+        """Groups of trajectories: group_size episodes per task, sampled with seeds fixed by (iteration, task, k)."""
+        from pistar.agent import Budget, LLMAgent, run_episode
+        from pistar.envs import make_env
+        from pistar.models.hf import HFModel
+
+        self.model.eval()
+        policy = HFModel(f"policy:{self.config.out}", model=self.model, tokenizer=self.tokenizer)
+        groups = []
+        for episode in self.tasks(iteration):
+            group = []
+            for k in range(self.config.group_size):
+                seed = zlib.crc32(f"{self.config.seed}:{iteration}:{episode.env_id}:{episode.seed}:{k}".encode())
+                agent = LLMAgent(
+                    policy,
+                    history=self.config.history,
+                    max_tokens=self.config.max_tokens,
+                    temperature=self.config.temperature,
+                    seed=seed,
+                )
+                env = make_env(episode.env_id)
+                try:
+                    group.append(await run_episode(env, agent, episode.seed, Budget(max_steps=episode.max_steps)))
+                finally:
+                    env.close()
+            groups.append(group)
+        return groups
+
+    def reward(self, traj: Any) -> float:
+        return float(traj.total_reward) + self.config.invalid_penalty * traj.invalid_actions
+
+    # -- update --------------------------------------------------------------------------------------------------
+
+    def _turns(self, traj: Any) -> list[tuple[Turn, float]]:
+        """(turn, the reward of its step) for every policy call with exact token ids."""
+        out = []
+        for step in traj.steps:
+            for call in step.calls:
+                if call.prompt_ids and call.completion_ids:
+                    out.append((Turn(call.prompt_ids, call.completion_ids), float(step.reward)))
+        return out
+
+    def _reference_logp(self, turn: Turn) -> Any:
+        import torch
+
+        with torch.no_grad():
+            if self.reference == "copy":
+                return completion_logprobs(self.ref_model, turn.prompt_ids, turn.completion_ids)[0]
+            if self.reference == "start_adapter":
+                self.model.set_adapter("reference")
+                try:
+                    return completion_logprobs(self.model, turn.prompt_ids, turn.completion_ids)[0]
+                finally:
+                    self.model.set_adapter("default")
+            with self.model.disable_adapter():
+                return completion_logprobs(self.model, turn.prompt_ids, turn.completion_ids)[0]
+
+    def build_turns(self, groups: list[list[Any]]) -> tuple[list[Turn], dict[str, Any]]:
+        import torch
+
+        c = self.config
+        turns: list[Turn] = []
+        equal_groups = 0
+        multi_step = c.ppo_epochs > 1 or self.algo == "ppo"
+        for group in groups:
+            rewards = [self.reward(t) for t in group]
+            equal_groups += max(rewards) - min(rewards) < 1e-9
+            if self.algo == "grpo":
+                for traj, adv in zip(group, grpo_advantages(rewards, c.scale_rewards), strict=True):
+                    for turn, _ in self._turns(traj):
+                        turn.advantage = adv
+                        turns.append(turn)
+                continue
+            for traj in group:
+                pairs = self._turns(traj)
+                if not pairs:
+                    continue
+                values = []
+                for turn, _ in pairs:
+                    with torch.no_grad():
+                        _, _, h = completion_logprobs(self.model, turn.prompt_ids, turn.completion_ids, hidden=True)
+                        values.append(float(self.value_head(h.float())))
+                step_rewards = [r for _, r in pairs]
+                step_rewards[-1] += self.config.invalid_penalty * traj.invalid_actions
+                advantages, returns = gae(step_rewards, values, c.gamma, c.lam)
+                for (turn, _), a, r, v in zip(pairs, advantages, returns, values, strict=True):
+                    turn.advantage, turn.ret, turn.old_value = a, r, v
+                    turns.append(turn)
+        if self.algo == "ppo" and len(turns) > 1:  # whiten PPO's advantages over the batch
+            adv = torch.tensor([t.advantage for t in turns])
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            for t, a in zip(turns, adv.tolist(), strict=True):
+                t.advantage = a
+        for t in turns:
+            if c.kl_coef:
+                t.ref_logp = self._reference_logp(t)
+            if multi_step or len(turns) > c.minibatch:
+                with torch.no_grad():
+                    t.old_logp = completion_logprobs(self.model, t.prompt_ids, t.completion_ids)[0]
+        return turns, {"equal_groups": equal_groups, "groups": len(groups)}
+
+    def update(self, turns: list[Turn]) -> dict[str, float]:
+        import torch
+
+        c = self.config
+        self.model.train()
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipfrac": 0.0, "value_loss": 0.0}
+        tokens = 0
+        order = list(range(len(turns)))
+        for _ in range(c.ppo_epochs):
+            random.shuffle(order)
+            for start in range(0, len(order), c.minibatch):
+                batch = [turns[i] for i in order[start : start + c.minibatch]]
+                n_tokens = sum(len(t.completion_ids) for t in batch)
+                self.optimizer.zero_grad()
+                for t in batch:
+                    logp, entropy, h = completion_logprobs(
+                        self.model, t.prompt_ids, t.completion_ids, hidden=self.value_head is not None
+                    )
+                    old = t.old_logp if t.old_logp is not None else logp.detach()
+                    per_token, clipped = clipped_surrogate(logp, old, torch.tensor(t.advantage), c.clip)
+                    if t.ref_logp is not None:
+                        kl = kl_k3(logp, t.ref_logp)
+                        per_token = per_token + c.kl_coef * kl
+                        sums["kl"] += float(kl.sum())
+                    loss = per_token.sum() / n_tokens  # token-mean over the minibatch
+                    if self.value_head is not None:
+                        v = self.value_head(h.float())[0]
+                        vl = value_loss(v, torch.tensor(t.old_value), torch.tensor(t.ret), c.value_clip)
+                        loss = loss + c.vf_coef * vl / len(batch)
+                        sums["value_loss"] += float(vl)
+                    loss.backward()
+                    sums["loss"] += float(loss)
+                    sums["entropy"] += float(entropy.sum())
+                    sums["clipfrac"] += float(clipped.sum())
+                    tokens += len(t.completion_ids)
+                torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+                self.optimizer.step()
+        n = max(tokens, 1)
+        return {
+            "loss": sums["loss"] / c.ppo_epochs,
+            "kl": sums["kl"] / n,
+            "entropy": sums["entropy"] / n,
+            "clipfrac": sums["clipfrac"] / n,
+            "value_loss": sums["value_loss"] / max(len(turns) * c.ppo_epochs, 1),
+        }
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def step(self) -> dict[str, Any]:
+        """One iteration: rollouts, advantages, update, checkpoint, log line."""
+        t0 = time.perf_counter()
+        groups = asyncio.run(self.rollouts(self.iteration))
+        t1 = time.perf_counter()
+        turns, info = self.build_turns(groups)
+        stats = self.update(turns) if turns else {}
+        t2 = time.perf_counter()
+        trajs = [t for g in groups for t in g]
+        record = {
+            "iteration": self.iteration,
+            "reward": sum(map(self.reward, trajs)) / len(trajs),
+            "success": sum(t.success for t in trajs) / len(trajs),
+            "valid": sum(t.valid_action_rate for t in trajs) / len(trajs),
+            "steps": sum(t.num_steps for t in trajs) / len(trajs),
+            "turns": len(turns),
+            "tokens": sum(len(t.completion_ids) for t in turns),
+            **info,
+            **stats,
+            "rollout_s": t1 - t0,
+            "update_s": t2 - t1,
+        }
+        self.iteration += 1
+        self.checkpoint()
+        with (self.out / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+    def checkpoint(self) -> None:
+        import torch
+
+        where = self.out / "checkpoint"
+        tmp = self.out / "checkpoint.partial"
+        self.model.save_pretrained(tmp, selected_adapters=["default"]) if self.reference == "start_adapter" else (
+            self.model.save_pretrained(tmp)
+        )
+        (tmp / "pistar.json").write_text(json.dumps({"base": self.base}))
+        state = {"optimizer": self.optimizer.state_dict(), "iteration": self.iteration, "random": random.getstate()}
+        if self.value_head is not None:
+            state["value_head"] = self.value_head.state_dict()
+        torch.save(state, tmp / "trainer.pt")
+        if where.exists():
+            import shutil
+
+            shutil.rmtree(where)
+        tmp.replace(where)
+
+    def finish(self) -> Path:
+        if self.reference == "start_adapter":
+            self.model.delete_adapter("reference")
+        return save_policy(self.model, self.tokenizer, self.base, self.out, {"stage": self.algo})
+
+
+def train_rl(config: TrainConfig, algo: str, on_iteration: Any = None) -> list[dict[str, Any]]:
+    trainer = RLTrainer(config, algo)
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    log = []
+    while trainer.iteration < config.iterations:
+        record = trainer.step()
+        log.append(record)
+        if on_iteration:
+            on_iteration(record)
+    trainer.finish()
+    return log

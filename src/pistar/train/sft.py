@@ -1,0 +1,81 @@
+"""Supervised fine-tuning on agent trajectories (TRL's SFTTrainer), full or LoRA.
+
+Each example is one model call: the prompt the agent saw (system prompt, environment and tool text, earlier turns)
+and the reply. We tokenize with the chat template ourselves and set every prompt token's label to -100, so the loss
+and its gradient come only from the model's own tokens, never from what the environment or a tool wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pistar.train.model import TrainConfig, load_policy, save_policy, tokenize_example
+
+
+def tokenized(dataset: Any, tokenizer: Any, max_length: int) -> tuple[Any, int]:
+    """input_ids + labels (prompt masked); examples longer than max_length are dropped, not cut (a cut prompt
+    loses the task, a cut reply teaches an unfinished JSON) — the count is returned so it is reported."""
+
+    def encode(example: dict[str, Any]) -> dict[str, Any]:
+        ids, start = tokenize_example(tokenizer, example["messages"], example["completion"])
+        return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+
+    out = dataset.map(encode, remove_columns=dataset.column_names)
+    kept = out.filter(lambda e: len(e["input_ids"]) <= max_length)
+    return kept, len(out) - len(kept)
+
+
+def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
+    """TRL/transformers arguments shared by SFT and DPO: CPU unless a device is asked, no hub, no checkpoints."""
+    return cls(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=config.device == "cpu",
+        bf16=config.dtype == "bfloat16",
+        seed=config.seed,
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+def train_sft(config: TrainConfig) -> dict[str, Any]:
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(config.out)
+    data = load_dataset_dir(config.data, "sft")
+    model, tokenizer, base = load_policy(config)
+    train = data["train"]
+    if config.max_examples is not None and config.max_examples < len(train):
+        train = train.shuffle(seed=config.seed).select(range(config.max_examples))
+    train, dropped = tokenized(train, tokenizer, config.max_length)
+    if len(train) == 0:
+        raise ValueError(f"{config.data}: no training example fits max_length={config.max_length}")
+    evalset = tokenized(data["validation"], tokenizer, config.max_length)[0] if "validation" in data else None
+    args = trl_args(config, SFTConfig, out, max_length=None, eval_strategy="no")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    metrics: dict[str, Any] = {"examples": len(train), "dropped_too_long": dropped}
+    if evalset is not None and len(evalset):
+        metrics["eval_loss"] = trainer.evaluate(evalset)["eval_loss"]
+    metrics["log"] = [e for e in trainer.state.log_history if "loss" in e]
+    save_policy(trainer.model, tokenizer, base, out, {"stage": "sft", "metrics": metrics})
+    return metrics
+
+
+def load_dataset_dir(path: str, kind: str) -> Any:
+    """`OUT/sft` or `OUT/dpo` of a `pistar data build` (or the dataset directory itself)."""
+    from datasets import load_from_disk
+
+    p = Path(path)
+    target = p / kind if (p / kind).exists() else p
+    if not (target / "dataset_dict.json").exists():
+        raise FileNotFoundError(f"{path}: no {kind} dataset here: build one with `pistar data build RUN --out {path}`")
+    return load_from_disk(str(target))

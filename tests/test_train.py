@@ -1,0 +1,311 @@
+"""Training: datasets from real runs, SFT/DPO through TRL, GRPO/PPO through our own loop, on a tiny model.
+
+The tiny model is a randomly initialised 2-layer Qwen2 with the real Qwen tokenizer and chat template, so every
+path (chat template, masks, LoRA, the agent loop's token records) is the one a real model takes, in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SMALL, require
+
+from pistar.evaluate import AgentSpec, evaluate
+from pistar.suites import Suite, TaskSpec
+from pistar.train.data import Filters, build, split_of
+from pistar.train.model import TrainConfig, tokenize_example
+from pistar.train.rl import RLTrainer, clipped_surrogate, completion_logprobs, gae, grpo_advantages, value_loss
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from pistar.train.model import load_tokenizer
+
+    require(SMALL)
+    tok = load_tokenizer(SMALL)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    )
+    out = tmp_path_factory.mktemp("tiny")
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def suite(env: str, seeds: int, max_steps: int, start: int = 0) -> Suite:
+    return Suite("t", [TaskSpec(env=env, seeds=seeds, seed_start=start, max_steps=max_steps)])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A teacher run and a random run on the same BabyAI seeds (no model needed: the bot and a seeded policy)."""
+    root = tmp_path_factory.mktemp("runs")
+    s = suite("babyai/GoToLocal", 6, 12)
+    out = {}
+    for kind in ("teacher", "random"):
+        asyncio.run(evaluate(s, AgentSpec(kind=kind, history=1), root / kind, concurrency=2))
+        out[kind] = root / kind
+    return out
+
+
+def test_teacher_runs_become_a_split_dataset_and_failures_become_corrections(runs: dict, tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    summary = build([runs["teacher"], runs["random"]], tmp_path / "ds", Filters(success=True), correct=True, history=1)
+    sft = load_from_disk(str(tmp_path / "ds" / "sft"))
+    rows = [r for split in sft.values() for r in split]
+    # Every kept teacher step is an example whose reply names the bot's action, in the agent's JSON format.
+    teacher = [r for r in rows if r["kind"] == "teacher"]
+    assert teacher and all(
+        json.loads(r["completion"])["action"] in ("turn left", "turn right", "go forward") for r in teacher
+    )
+    assert all(r["messages"][0]["role"] == "system" and "Valid actions" in r["messages"][-1]["content"] for r in rows)
+    # The random agent's failures were replayed and relabelled by the bot, and the same states became DPO pairs.
+    n_fail = summary["dropped"].get("failed", 0)
+    assert (
+        n_fail > 0 and summary["sft"]["correction"] > 0 and summary["dpo"]["correction"] == summary["sft"]["correction"]
+    )
+    dpo = load_from_disk(str(tmp_path / "ds" / "dpo"))
+    pair = next(iter(dpo.values()))[0]
+    assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
+    # The split is by (env, seed): no task has examples on both sides.
+    sides: dict[tuple[str, int], set[str]] = {}
+    for side, split in sft.items():
+        for r in split:
+            sides.setdefault((r["env_id"], r["seed"]), set()).add(side)
+            assert split_of(r["env_id"], r["seed"], 0.1) == side
+    assert all(len(s) == 1 for s in sides.values())
+
+
+def test_success_filter_and_rule_filters_drop_what_they_say(runs: dict, tmp_path: Path) -> None:
+    everything = build([runs["random"]], tmp_path / "a", Filters(), pairs=False)
+    winners = build([runs["random"]], tmp_path / "b", Filters(success=True), pairs=False)
+    short = build([runs["random"]], tmp_path / "c", Filters(max_steps=3), pairs=False)
+    assert everything["kept"] == 6
+    assert winners["kept"] + winners["dropped"].get("failed", 0) == 6
+    assert short["dropped"].get("too long", 0) >= winners["dropped"].get("failed", 0)  # failures ran 12 steps
+
+
+def _final_hidden_grad(model: Any) -> dict[str, Any]:
+    """Capture the gradient reaching the last hidden states: position t's state feeds only the prediction of token
+    t+1 (TRL fuses lm_head and the loss, so there is no logits tensor to watch)."""
+    box: dict[str, Any] = {}
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        output.retain_grad()
+        box["hidden"] = output
+
+    model.get_decoder().norm.register_forward_hook(hook)
+    return box
+
+
+def _conversation() -> tuple[list[dict[str, str]], str]:
+    messages = [
+        {"role": "system", "content": "You act in an environment."},
+        {"role": "user", "content": "You see a red ball 2 steps forward."},
+        {"role": "assistant", "content": '{"thought": "", "tool": "calculator", "args": {"expression": "1+1"}}'},
+        {"role": "user", "content": "Result of calculator:\n2\n\nYou see a red ball 2 steps forward."},
+    ]
+    return messages, '{"thought": "go", "action": "go forward"}'
+
+
+def test_sft_gradient_on_environment_and_tool_tokens_is_exactly_zero(tiny: Path, tmp_path: Path) -> None:
+    """Through TRL's own collator and loss: the positions that predict prompt tokens (environment text, the tool's
+    output, the earlier reply shown as context) get zero gradient; the reply's tokens do get one."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from pistar.train.model import load_policy, load_tokenizer
+    from pistar.train.sft import tokenized
+
+    tok = load_tokenizer(str(tiny))
+    messages, reply = _conversation()
+    data, dropped = tokenized(Dataset.from_list([{"messages": messages, "completion": reply}]), tok, 4096)
+    assert dropped == 0
+    model, _, _ = load_policy(TrainConfig(model=str(tiny), lora=False))
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    batch = trainer.data_collator([data[0]])
+    box = _final_hidden_grad(model)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grad = box["hidden"].grad[0].abs().sum(-1)  # per position
+    ids, start = tokenize_example(tok, messages, reply)
+    # Position t predicts token t+1: positions < start-1 predict prompt tokens.
+    assert float(grad[: start - 1].sum()) == 0.0
+    assert bool((grad[start - 1 : len(ids) - 1] > 0).all())
+    assert "Result of calculator" in tok.decode(ids[:start])  # the tool output really was in the masked part
+
+
+def test_rl_turn_loss_gives_prompt_tokens_zero_gradient(tiny: Path) -> None:
+    from pistar.train.model import load_policy, load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    messages, reply = _conversation()
+    ids, start = tokenize_example(tok, messages, reply)
+    model, _, _ = load_policy(TrainConfig(model=str(tiny), lora=False))
+    box = _final_hidden_grad(model)
+    logp, _, _ = completion_logprobs(model, ids[:start], ids[start:])
+    loss, _ = clipped_surrogate(logp, logp.detach(), torch.tensor(1.0), 0.2)
+    loss.sum().backward()
+    grad = box["hidden"].grad[0].abs().sum(-1)
+    assert float(grad[: start - 1].sum()) == 0.0 and bool((grad[start - 1 : -1] > 0).all())
+
+
+def test_sft_loss_falls_and_the_model_loads_back_into_the_hf_backend(runs: dict, tiny: Path, tmp_path: Path) -> None:
+    from pistar.models import load_model
+    from pistar.train.sft import train_sft
+
+    build([runs["teacher"]], tmp_path / "ds", Filters(success=True), pairs=False, validation=0.0)
+    config = TrainConfig(
+        model=str(tiny),
+        data=str(tmp_path / "ds"),
+        out=str(tmp_path / "sft"),
+        lora=False,
+        lr=3e-3,
+        max_steps=16,
+        grad_accum=1,
+        logging_steps=4,
+    )
+    metrics = train_sft(config)
+    losses = [e["loss"] for e in metrics["log"]]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.5
+    model = load_model(f"hf:{tmp_path / 'sft'}")
+    c = asyncio.run(model.complete([{"role": "user", "content": "hi"}], max_tokens=4))
+    assert c.completion_ids and len(c.completion_ids) <= 4
+
+
+def _margin(model: Any, tok: Any, pairs: list[dict]) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for p in pairs:
+            for sign, key in ((1, "chosen"), (-1, "rejected")):
+                ids, start = tokenize_example(tok, p["prompt"], p[key][0]["content"])
+                total += sign * float(completion_logprobs(model, ids[:start], ids[start:])[0].sum())
+    return total / len(pairs)
+
+
+def test_dpo_raises_the_chosen_reply_over_the_rejected(runs: dict, tiny: Path, tmp_path: Path) -> None:
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    from pistar.train.dpo import train_dpo
+    from pistar.train.model import load_tokenizer
+
+    build([runs["random"]], tmp_path / "ds", Filters(success=True), correct=True, history=1, validation=0.0)
+    pairs = list(load_from_disk(str(tmp_path / "ds" / "dpo"))["train"])[:8]
+    tok = load_tokenizer(str(tiny))
+    before = _margin(AutoModelForCausalLM.from_pretrained(tiny), tok, pairs)
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(pairs)}).save_to_disk(str(tmp_path / "few" / "dpo"))
+    config = TrainConfig(
+        model=str(tiny),
+        data=str(tmp_path / "few"),
+        out=str(tmp_path / "dpo"),
+        lora=False,
+        lr=1e-2,
+        max_steps=16,
+        grad_accum=1,
+        beta=0.1,
+        logging_steps=4,
+    )
+    train_dpo(config)
+    after = _margin(AutoModelForCausalLM.from_pretrained(tmp_path / "dpo"), tok, pairs)
+    assert after > before + 1.0
+
+
+def test_grpo_advantages_match_hand_computed_values() -> None:
+    assert grpo_advantages([1, 0, 0, 1]) == [1.0, -1.0, -1.0, 1.0]  # mean .5, population std .5
+    a = grpo_advantages([3.0, 1.0, 2.0])  # mean 2, std sqrt(2/3)
+    assert a == pytest.approx([1 / math.sqrt(2 / 3), -1 / math.sqrt(2 / 3), 0.0])
+    assert grpo_advantages([0.5, 0.5, 0.5]) == [0.0, 0.0, 0.0]  # an all-equal group teaches nothing
+    assert grpo_advantages([1.0, 0.0], scale=False) == [0.5, -0.5]
+
+
+def test_gae_matches_hand_computed_values() -> None:
+    # rewards 0, 0, 1; values .5, .6, .7; gamma .9, lambda .8; the episode ends after the last turn.
+    # deltas: 0 + .9*.6 - .5 = .04 ; 0 + .9*.7 - .6 = .03 ; 1 + 0 - .7 = .3
+    # A2 = .3 ; A1 = .03 + .72*.3 = .246 ; A0 = .04 + .72*.246 = .21712
+    adv, ret = gae([0, 0, 1], [0.5, 0.6, 0.7], 0.9, 0.8)
+    assert adv == pytest.approx([0.21712, 0.246, 0.3])
+    assert ret == pytest.approx([0.71712, 0.846, 1.0])
+
+
+def test_ppo_clipping_behaves_at_the_bounds() -> None:
+    def check(ratio: float, advantage: float) -> tuple[float, float, float]:
+        logp = torch.tensor([math.log(ratio)], requires_grad=True)
+        loss, clipped = clipped_surrogate(logp, torch.tensor([0.0]), torch.tensor(advantage), 0.2)
+        loss.sum().backward()
+        return float(loss), float(logp.grad), float(clipped)
+
+    # A > 0: above 1+eps the objective is capped (no gradient); below 1-eps it is not clipped.
+    assert check(1.5, 1.0) == pytest.approx((-1.2, 0.0, 1.0))
+    assert check(0.5, 1.0) == pytest.approx((-0.5, -0.5, 0.0))
+    # A < 0: below 1-eps capped; above 1+eps the full penalty applies.
+    assert check(0.5, -1.0) == pytest.approx((0.8, 0.0, 1.0))
+    assert check(1.5, -1.0) == pytest.approx((1.5, 1.5, 0.0))
+    # Inside the bounds, the plain ratio objective.
+    assert check(1.1, 2.0) == pytest.approx((-2.2, -2.2, 0.0))
+    # The value loss takes the worse of the new and the clipped error: a value that moved past the clip range
+    # towards the return is still penalised as if clipped.
+    v = torch.tensor(1.0, requires_grad=True)
+    loss = value_loss(v, torch.tensor(0.0), torch.tensor(1.0), 0.2)
+    loss.backward()
+    assert float(loss) == pytest.approx(0.5 * 0.8**2) and float(v.grad) == 0.0
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_online_rl_through_the_agent_loop_resumes_and_reports_equal_groups(
+    algo: str, tiny: Path, tmp_path: Path
+) -> None:
+    """Two iterations on real BabyAI episodes, killed after the first and resumed: the log continues, the
+    reference starts equal to the policy (KL 0 at the first update with a fresh LoRA), turns are exact."""
+    (tmp_path / "suite.yaml").write_text(json.dumps(suite("babyai/GoToLocal", 4, 2).to_dict()))
+    config = TrainConfig(
+        model=str(tiny),
+        out=str(tmp_path / algo),
+        suite=str(tmp_path / "suite.yaml"),
+        iterations=1,
+        tasks_per_iter=1,
+        group_size=3,
+        max_tokens=24,
+        lr=1e-2,
+        history=0,
+        kl_coef=0.1,
+        minibatch=8,
+    )
+    trainer = RLTrainer(config, algo)
+    first = trainer.step()
+    before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # a fresh adapter: policy == reference
+    # Every model call of the 3 episodes is one turn with its exact tokens.
+    assert first["turns"] == round(first["steps"] * 3) and first["tokens"] > 0
+    assert first["groups"] == 1 and first["equal_groups"] in (0, 1)
+    del trainer
+    resumed = RLTrainer(config.model_copy(update={"iterations": 2}), algo)
+    assert resumed.iteration == 1
+    after = {k: v for k, v in resumed.model.named_parameters() if v.requires_grad}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the checkpoint is what the first run left
+    second = resumed.step()
+    log = [json.loads(line) for line in (tmp_path / algo / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [0, 1] and second["iteration"] == 1
+    resumed.finish()
+    assert (tmp_path / algo / "adapter_config.json").exists()
