@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     temperature: float = 1.0
     history: int = 2  # the agent's prompt window during rollouts
     max_tokens: int = 48  # per reply during rollouts
+    constrained: bool = True  # rollouts decode under the action space's JSON schema
     kl_coef: float = 0.04
     clip: float = 0.2
     ppo_epochs: int = Field(1, ge=1)

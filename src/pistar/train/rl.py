@@ -181,14 +181,17 @@ class RLTrainer:
             group = []
             for k in range(self.config.group_size):
                 seed = zlib.crc32(f"{self.config.seed}:{iteration}:{episode.env_id}:{episode.seed}:{k}".encode())
+                env = make_env(episode.env_id)
                 agent = LLMAgent(
                     policy,
+                    env.tools(),
                     history=self.config.history,
                     max_tokens=self.config.max_tokens,
                     temperature=self.config.temperature,
+                    constrained=self.config.constrained,
+                    answer=env.accepts_answers,
                     seed=seed,
                 )
-                env = make_env(episode.env_id)
                 try:
                     group.append(await run_episode(env, agent, episode.seed, Budget(max_steps=episode.max_steps)))
                 finally:
