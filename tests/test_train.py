@@ -309,3 +309,96 @@ def test_online_rl_through_the_agent_loop_resumes_and_reports_equal_groups(
     assert [r["iteration"] for r in log] == [0, 1] and second["iteration"] == 1
     resumed.finish()
     assert (tmp_path / algo / "adapter_config.json").exists()
+
+
+class FakeVLLM:
+    """vLLM's OpenAI server as far as RL rollouts use it (runtime LoRA loading, token ids in logprobs), checking
+    each request against that contract. A GPU server cannot run here; this pins what we send and parse."""
+
+    def __init__(self, tokenizer: Any):
+        import http.server
+        import threading
+
+        self.loaded: dict[str, str] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        reply = '{"thought": "", "action": "turn left"}'
+        ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/v1/load_lora_adapter":
+                    if not (Path(body["lora_path"]) / "adapter_config.json").exists():
+                        fake.errors.append(f"no adapter at {body['lora_path']}")
+                    fake.loaded[body["lora_name"]] = body["lora_path"]
+                    return self._send({"status": "ok"})
+                if self.path == "/v1/unload_lora_adapter":
+                    fake.loaded.pop(body["lora_name"], None)
+                    return self._send({"status": "ok"})
+                fake.requests.append(body)
+                if body["model"] not in fake.loaded or not body.get("return_tokens_as_token_ids"):
+                    fake.errors.append(f"bad request: model {body['model']}, {sorted(body)}")
+                content = [{"token": f"token_id:{i}", "logprob": -0.5, "bytes": None, "top_logprobs": []} for i in ids]
+                self._send(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "logprobs": {"content": content},
+                                "message": {"role": "assistant", "content": reply},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": len(ids), "total_tokens": 100 + len(ids)},
+                    }
+                )
+
+            def _send(self, data: dict[str, Any]) -> None:
+                raw = json.dumps(data).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.ids = ids
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_rollouts_on_a_vllm_server_load_each_new_adapter_and_train_on_its_token_ids(tiny: Path, tmp_path: Path) -> None:
+    from pistar.train.model import load_tokenizer
+
+    server = FakeVLLM(load_tokenizer(str(tiny)))
+    try:
+        (tmp_path / "suite.yaml").write_text(json.dumps(suite("babyai/GoToLocal", 2, 2).to_dict()))
+        config = TrainConfig(
+            model=str(tiny),
+            out=str(tmp_path / "grpo"),
+            suite=str(tmp_path / "suite.yaml"),
+            iterations=2,
+            tasks_per_iter=1,
+            group_size=2,
+            history=0,
+            rollout_model=f"openai:base@{server.url}",
+        )
+        trainer = RLTrainer(config, "grpo")
+        records = [trainer.step(), trainer.step()]
+    finally:
+        server.server.shutdown()
+    assert server.errors == []
+    # One adapter per iteration, the previous one unloaded; every request named the adapter then loaded.
+    assert list(server.loaded) == ["pistar-grpo-1"]
+    assert [r["model"] for r in server.requests] == ["pistar-grpo-0"] * 4 + ["pistar-grpo-1"] * 4
+    # The update trained on exactly the ids the server generated: 2 steps x 2 episodes per iteration.
+    assert all(r["turns"] == 4 and r["tokens"] == 4 * len(server.ids) for r in records)

@@ -1,7 +1,7 @@
 """Model backends behind one interface, chosen by a URI.
 
 embedded[:NAME|:/path/model.gguf][?ctx=16384&parallel=4&threads=2]   llama.cpp in-process (default)
-openai:MODEL[@BASE_URL][?vision=1&structured=json_schema|guided_json|none&concurrency=16&timeout=120]
+openai:MODEL[@BASE_URL][?vision=1&structured=json_schema|guided_json|none&concurrency=16&timeout=120&token_ids=1]
 hf:PATH_OR_NAME[?device=cpu&dtype=float32]                             local transformers model
 """
 
@@ -48,6 +48,7 @@ def load_model(uri: str = DEFAULT_URI) -> Model:
             structured=opt.get("structured", "json_schema"),
             concurrency=ints.get("concurrency", 16),
             timeout=float(opt.get("timeout", 120)),
+            token_ids=opt.get("token_ids", "0") in ("1", "true", "yes"),
         )
     from pistar.models.hf import HFModel
 

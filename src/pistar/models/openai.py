@@ -28,6 +28,7 @@ class OpenAIModel(Model):
         concurrency: int = 16,
         timeout: float = 120.0,
         max_retries: int = 4,
+        token_ids: bool = False,
     ):
         import openai
 
@@ -39,6 +40,8 @@ class OpenAIModel(Model):
         self.vision = vision
         self.structured = structured
         self.concurrency = concurrency
+        # vLLM can name each generated token by its id ("token_id:123"): the exact completion ids RL trains on.
+        self.token_ids = token_ids
         self._client_args = {
             "base_url": self.base_url,
             "api_key": api_key or os.environ.get("OPENAI_API_KEY") or "none",
@@ -76,10 +79,13 @@ class OpenAIModel(Model):
         }
         if seed is not None:
             kwargs["seed"] = seed
+        extra: dict[str, Any] = {"return_tokens_as_token_ids": True} if self.token_ids else {}
         if schema is not None and self.structured == "json_schema":
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "action", "schema": schema}}
         elif schema is not None and self.structured == "guided_json":
-            kwargs["extra_body"] = {"guided_json": schema}
+            extra["guided_json"] = schema
+        if extra:
+            kwargs["extra_body"] = extra
         client, slots = self._client()
         t0 = time.perf_counter()
         async with slots:
@@ -94,8 +100,18 @@ class OpenAIModel(Model):
         choice = r.choices[0]
         content = getattr(choice.logprobs, "content", None) or []
         usage = r.usage
+        ids = None
+        if self.token_ids and content:
+            try:
+                ids = [int(t.token.removeprefix("token_id:")) for t in content]
+            except ValueError:
+                raise ModelError(
+                    f"{self.base_url}: token_ids=1 needs a vLLM server (return_tokens_as_token_ids); "
+                    f"got the token {content[0].token!r}"
+                ) from None
         return Completion(
             text=choice.message.content or "",
+            completion_ids=ids,
             logprobs=[t.logprob for t in content] or None,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,

@@ -116,10 +116,10 @@ class RLTrainer:
             raise ValueError(f"unknown algorithm {algo!r}: grpo or ppo")
         if not config.suite:
             raise ValueError("online RL needs the tasks it plays: set suite=NAME or suite=FILE.yaml")
-        if config.rollout_model != "policy":
+        if config.rollout_model != "policy" and not (config.rollout_model.startswith("openai:") and config.lora):
             raise ValueError(
-                f"rollout_model={config.rollout_model!r}: only 'policy' (the trained model in this process) is "
-                "built; a vLLM rollout server is not supported yet"
+                f"rollout_model={config.rollout_model!r}: use 'policy' (the trained model in this process) or "
+                "openai:BASE@URL of a vLLM server started with --enable-lora (LoRA training only)"
             )
         from pistar.suites import load_suite
 
@@ -154,6 +154,7 @@ class RLTrainer:
             params += list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr)
         self.iteration = 0
+        self._served = ""  # the adapter name loaded in the rollout server
         if (self.out / "checkpoint" / "trainer.pt").exists():
             state = torch.load(self.out / "checkpoint" / "trainer.pt", weights_only=False)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -175,7 +176,10 @@ class RLTrainer:
         from pistar.models.hf import HFModel
 
         self.model.eval()
-        policy = HFModel(f"policy:{self.config.out}", model=self.model, tokenizer=self.tokenizer)
+        if self.config.rollout_model == "policy":
+            policy: Any = HFModel(f"policy:{self.config.out}", model=self.model, tokenizer=self.tokenizer)
+        else:
+            policy = await self.sync_server(iteration)
         groups = []
         for episode in self.tasks(iteration):
             group = []
@@ -199,6 +203,29 @@ class RLTrainer:
             groups.append(group)
         return groups
 
+    async def sync_server(self, iteration: int) -> Any:
+        """Rollouts on a vLLM server: the current adapter is saved and loaded into the server under a new name
+        (vLLM's runtime LoRA endpoints, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), the previous one unloaded, and
+        the server is asked for the generated token ids, which are what the update trains on."""
+        import httpx
+
+        from pistar.models.openai import OpenAIModel
+
+        _, _, target = self.config.rollout_model.partition(":")
+        base, _, url = target.partition("@")
+        url = url or "http://127.0.0.1:8000/v1"
+        path = (self.out / "rollout_adapters" / f"iter_{iteration:04d}").resolve()
+        self.model.save_pretrained(path, selected_adapters=["default"])
+        name = f"pistar-{self.out.name}-{iteration}"
+        async with httpx.AsyncClient(timeout=600) as http:
+            r = await http.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: loading the adapter failed ({r.status_code}): {r.text[:200]}")
+            if self._served:
+                await http.post(f"{url}/unload_lora_adapter", json={"lora_name": self._served})
+        self._served = name
+        return OpenAIModel(name, base_url=url, token_ids=True)
+
     def reward(self, traj: Any) -> float:
         return float(traj.total_reward) + self.config.invalid_penalty * traj.invalid_actions
 
@@ -209,9 +236,17 @@ class RLTrainer:
         out = []
         for step in traj.steps:
             for call in step.calls:
-                if call.prompt_ids and call.completion_ids:
-                    out.append((Turn(call.prompt_ids, call.completion_ids), float(step.reward)))
+                if not call.completion_ids:
+                    continue
+                prompt = call.prompt_ids or self._prompt_ids(call.messages)  # a server returns only its output ids
+                out.append((Turn(prompt, call.completion_ids), float(step.reward)))
         return out
+
+    def _prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        from pistar.models.base import text_only
+
+        enc = self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=True, tokenize=True)
+        return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
 
     def _reference_logp(self, turn: Turn) -> Any:
         import torch
