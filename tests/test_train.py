@@ -19,7 +19,15 @@ from pistar.evaluate import AgentSpec, evaluate
 from pistar.suites import Suite, TaskSpec
 from pistar.train.data import Filters, build, split_of
 from pistar.train.model import TrainConfig, tokenize_example
-from pistar.train.rl import RLTrainer, clipped_surrogate, completion_logprobs, gae, grpo_advantages, value_loss
+from pistar.train.rl import (
+    RLTrainer,
+    clipped_surrogate,
+    completion_logprobs,
+    gae,
+    grpo_advantages,
+    train_rl,
+    value_loss,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -304,11 +312,11 @@ def test_online_rl_through_the_agent_loop_resumes_and_reports_equal_groups(
     assert resumed.iteration == 1
     after = {k: v for k, v in resumed.model.named_parameters() if v.requires_grad}
     assert all(torch.equal(before[k], after[k]) for k in before)  # the checkpoint is what the first run left
-    second = resumed.step()
+    del resumed
+    second = train_rl(config.model_copy(update={"iterations": 2}), algo)  # the CLI's path: resumes at iteration 1
     log = [json.loads(line) for line in (tmp_path / algo / "log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in log] == [0, 1] and second["iteration"] == 1
-    resumed.finish()
-    assert (tmp_path / algo / "adapter_config.json").exists()
+    assert [r["iteration"] for r in log] == [0, 1] and [r["iteration"] for r in second] == [1]
+    assert (tmp_path / algo / "adapter_config.json").exists() and (tmp_path / algo / "curve.png").stat().st_size > 0
 
 
 class FakeVLLM:

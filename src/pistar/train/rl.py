@@ -418,4 +418,29 @@ def train_rl(config: TrainConfig, algo: str, on_iteration: Any = None) -> list[d
         if on_iteration:
             on_iteration(record)
     trainer.finish()
+    full = [json.loads(line) for line in (trainer.out / "log.jsonl").read_text().splitlines()]
+    plot_log(full, trainer.out / "curve.png")
     return log
+
+
+def plot_log(log: list[dict[str, Any]], path: Path) -> None:
+    """Reward and success, KL and entropy per iteration: the picture to look at before any number."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = [r["iteration"] for r in log]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(its, [r["reward"] for r in log], marker="o", label="reward")
+    a.plot(its, [r["success"] for r in log], marker="s", label="success")
+    a.set_xlabel("iteration")
+    a.legend()
+    b.plot(its, [r.get("kl", 0.0) for r in log], marker="o", label="KL to reference")
+    b.plot(its, [r.get("entropy", 0.0) for r in log], marker="s", label="entropy / token")
+    b.set_xlabel("iteration")
+    b.set_yscale("symlog", linthresh=1e-3)
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
