@@ -156,3 +156,26 @@ def test_serve_exposes_an_openai_compatible_server() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_teacher_data_and_train_commands_fail_in_one_line_on_bad_input(tmp_path: Path) -> None:
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\ntasks:\n  - {env: babyai/GoToLocal, seeds: 2, max_steps: 20}\n")
+    run = pistar("eval", str(suite), "--agent", "teacher", "--history", "0", "--out", str(tmp_path / "t"))
+    assert run.returncode == 0, run.stderr
+    built = pistar("data", "build", str(tmp_path / "t"), "--out", str(tmp_path / "d"), "--success")
+    assert built.returncode == 0, built.stderr
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["kept"] == 2 and sum(summary["sft_split"].values()) == summary["sft"]["teacher"] > 0
+    for args, message in [
+        (["data", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "is not a pistar run"),
+        (["train", "sft", "--data", str(tmp_path / "d"), "--set", "lr=fast"], "lr: Input should be a valid number"),
+        (["train", "dpo", "--set", "bogus=1"], "bogus: Extra inputs are not permitted"),
+        (["train", "dpo", "--data", str(tmp_path / "t")], "no dpo dataset here"),
+        (["train", "grpo", "--model", SMALL], "online RL needs the tasks it plays"),
+        (["train", "grpo", "--suite", "babyai", "--set", "rollout_model=vllm"], "rollout_model='vllm'"),
+    ]:
+        done = pistar(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, done.stderr)

@@ -491,8 +491,9 @@ def _train(kind: str, config) -> None:  # noqa: ANN001
 
 
 def _train_rl(kind: str, config) -> dict:  # noqa: ANN001
-    from pistar.train.rl import train_rl
+    from pistar.train.rl import RLTrainer, train_rl
 
+    trainer = RLTrainer(config, kind)  # a bad config or missing model fails here, before the progress bar
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -514,7 +515,8 @@ def _train_rl(kind: str, config) -> dict:  # noqa: ANN001
                 ),
             )
 
-        log = train_rl(config, kind, on_iteration=show)
+        bar.update(task, completed=trainer.iteration)
+        log = train_rl(config, kind, on_iteration=show, trainer=trainer)
     return {"iterations": len(log), "last": log[-1] if log else None}
 
 

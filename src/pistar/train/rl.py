@@ -408,8 +408,10 @@ class RLTrainer:
         return save_policy(self.model, self.tokenizer, self.base, self.out, {"stage": self.algo})
 
 
-def train_rl(config: TrainConfig, algo: str, on_iteration: Any = None) -> list[dict[str, Any]]:
-    trainer = RLTrainer(config, algo)
+def train_rl(
+    config: TrainConfig, algo: str, on_iteration: Any = None, trainer: RLTrainer | None = None
+) -> list[dict[str, Any]]:
+    trainer = trainer or RLTrainer(config, algo)
     trainer.out.mkdir(parents=True, exist_ok=True)
     log = []
     while trainer.iteration < config.iterations:
