@@ -97,7 +97,7 @@ def completion_logprobs(model: Any, prompt_ids: list[int], completion_ids: list[
 
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids + completion_ids], device=device)
-    out = model(input_ids=ids, output_hidden_states=hidden)
+    out = model(input_ids=ids, output_hidden_states=hidden, use_cache=False)
     start = len(prompt_ids)
     logits = out.logits[0, start - 1 : -1].float()
     logp_all = torch.log_softmax(logits, -1)
@@ -132,7 +132,6 @@ class RLTrainer:
         if is_adapter(resume):
             config = config.model_copy(update={"model": str(resume)})
         self.model, self.tokenizer, self.base = load_policy(config)
-        self.model.config.use_cache = False
         self.reference = "adapter_off"
         if start_adapter is not None and hasattr(self.model, "load_adapter"):
             # Continuing an SFT adapter: the reference is that adapter as it was, kept frozen beside the trained one.
