@@ -520,52 +520,50 @@ def _train_rl(kind: str, config) -> dict:  # noqa: ANN001
     return {"iterations": len(log), "last": log[-1] if log else None}
 
 
-@train_app.command("sft")
-def train_sft_cmd(
-    config: TrainConfigArg = None,
-    model: TrainModelOpt = None,
-    data: Annotated[str | None, typer.Option(help="A `pistar data build` output directory.")] = None,
-    out: TrainOutOpt = None,
-    overrides: TrainSetOpt = "",
-) -> None:
-    """Supervised fine-tuning (LoRA by default) on the model's own tokens of each trajectory step."""
-    _train("sft", _train_config(config, overrides, model=model, data=data, out=out))
+DataOpt = Annotated[str | None, typer.Option(help="A `pistar data build` output directory.")]
+SuiteOpt = Annotated[str | None, typer.Option(help="Training tasks: a suite name or YAML file.")]
 
 
-@train_app.command("dpo")
-def train_dpo_cmd(
-    config: TrainConfigArg = None,
-    model: TrainModelOpt = None,
-    data: Annotated[str | None, typer.Option(help="A `pistar data build` output directory.")] = None,
-    out: TrainOutOpt = None,
-    overrides: TrainSetOpt = "",
-) -> None:
-    """Direct preference optimisation on chosen/rejected replies of the same task."""
-    _train("dpo", _train_config(config, overrides, model=model, data=data, out=out))
+def _offline(kind: str, doc: str):  # noqa: ANN202 - one command per trainer, same options
+    def command(
+        config: TrainConfigArg = None,
+        model: TrainModelOpt = None,
+        data: DataOpt = None,
+        out: TrainOutOpt = None,
+        overrides: TrainSetOpt = "",
+    ) -> None:
+        _train(kind, _train_config(config, overrides, model=model, data=data, out=out))
+
+    command.__doc__ = doc
+    return command
 
 
-@train_app.command("grpo")
-def train_grpo_cmd(
-    config: TrainConfigArg = None,
-    model: TrainModelOpt = None,
-    suite: Annotated[str | None, typer.Option(help="Training tasks: a suite name or YAML file.")] = None,
-    out: TrainOutOpt = None,
-    overrides: TrainSetOpt = "",
-) -> None:
-    """Online multi-turn GRPO: groups of episodes per seed through pistar's own loop; resumes when rerun."""
-    _train("grpo", _train_config(config, overrides, model=model, suite=suite, out=out))
+def _online(kind: str, doc: str):  # noqa: ANN202
+    def command(
+        config: TrainConfigArg = None,
+        model: TrainModelOpt = None,
+        suite: SuiteOpt = None,
+        out: TrainOutOpt = None,
+        overrides: TrainSetOpt = "",
+    ) -> None:
+        _train(kind, _train_config(config, overrides, model=model, suite=suite, out=out))
+
+    command.__doc__ = doc
+    return command
 
 
-@train_app.command("ppo")
-def train_ppo_cmd(
-    config: TrainConfigArg = None,
-    model: TrainModelOpt = None,
-    suite: Annotated[str | None, typer.Option(help="Training tasks: a suite name or YAML file.")] = None,
-    out: TrainOutOpt = None,
-    overrides: TrainSetOpt = "",
-) -> None:
-    """Online multi-turn PPO with a value head and turn-level GAE; resumes when rerun."""
-    _train("ppo", _train_config(config, overrides, model=model, suite=suite, out=out))
+train_app.command("sft")(
+    _offline("sft", "Supervised fine-tuning (LoRA by default) on the model's own tokens of each trajectory step.")
+)
+train_app.command("dpo")(_offline("dpo", "Direct preference optimisation on chosen/rejected replies of the same task."))
+train_app.command("grpo")(
+    _online(
+        "grpo", "Online multi-turn GRPO: groups of episodes per seed through pistar's own loop; resumes when rerun."
+    )
+)
+train_app.command("ppo")(
+    _online("ppo", "Online multi-turn PPO with a value head and turn-level GAE; resumes when rerun.")
+)
 
 
 @app.command()
