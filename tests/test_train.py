@@ -410,3 +410,17 @@ def test_rollouts_on_a_vllm_server_load_each_new_adapter_and_train_on_its_token_
     assert [r["model"] for r in server.requests] == ["pistar-grpo-0"] * 4 + ["pistar-grpo-1"] * 4
     # The update trained on exactly the ids the server generated: 2 steps x 2 episodes per iteration.
     assert all(r["turns"] == 4 and r["tokens"] == 4 * len(server.ids) for r in records)
+
+
+def test_a_model_judge_filters_episodes_by_its_verdict(runs: dict, tmp_path: Path) -> None:
+    from conftest import ScriptedModel
+
+    good = ScriptedModel(['{"verdict": "good", "reason": "fine"}'])
+    bad = ScriptedModel(['{"verdict": "bad", "reason": "loops"}', '{"verdict": "good", "reason": "fine"}'])
+    kept = build([runs["teacher"]], tmp_path / "a", Filters(judge=good), pairs=False)
+    some = build([runs["teacher"]], tmp_path / "b", Filters(judge=bad), pairs=False)
+    assert kept["kept"] == 6 and len(good.seen) == 6
+    assert some["kept"] == 5 and some["dropped"] == {"judged bad": 1}
+    # The judge saw the task and the actions taken, not just a bare id.
+    prompt = bad.seen[0][0]["content"]
+    assert "go to" in prompt and "1. " in prompt and "success=True" in prompt
