@@ -1,6 +1,7 @@
 """Model backends behind one interface, chosen by a URI.
 
 embedded[:NAME|:/path/model.gguf][?ctx=16384&parallel=4&threads=2]   llama.cpp in-process (default)
+    [&lora=/path/adapter.gguf]                                        a LoRA from pistar.train.export on top
 openai:MODEL[@BASE_URL][?vision=1&structured=json_schema|guided_json|none&concurrency=16&timeout=120&token_ids=1]
 hf:PATH_OR_NAME[?device=cpu&dtype=float32]                             local transformers model
 """
@@ -36,7 +37,7 @@ def load_model(uri: str = DEFAULT_URI) -> Model:
     if scheme == "embedded":
         from pistar.models.embedded import EmbeddedModel
 
-        return EmbeddedModel(target or DEFAULT_MODEL, **ints)
+        return EmbeddedModel(target or DEFAULT_MODEL, lora=opt.get("lora"), **ints)
     if scheme == "openai":
         from pistar.models.openai import OpenAIModel
 

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -34,6 +35,7 @@ class EmbeddedModel(Model):
         host: str = "127.0.0.1",
         port: int = 0,
         verify: bool = False,
+        lora: str | None = None,
     ):
         import xllamacpp
 
@@ -49,6 +51,16 @@ class EmbeddedModel(Model):
                 raise weights.ModelMissing(
                     f"{path} is corrupt (sha256 mismatch): run `pistar models pull {model} --force`"
                 )
+        self.lora: Path | None = None
+        self.lora_sha256: str | None = None
+        if lora:
+            # A LoRA GGUF (pistar.train.export) applied on top of the base at full scale; recorded by hash
+            # so an eval run says exactly which adapter it measured.
+            self.lora = Path(lora).expanduser().resolve()
+            if not self.lora.is_file():
+                raise weights.ModelMissing(f"LoRA adapter {self.lora} does not exist")
+            self.lora_sha256 = sha256_file(self.lora)
+            self.uri += f"?lora={quote(str(self.lora), safe='/')}"  # load_model(uri) gives this model back
         threads = threads or max(1, min(os.cpu_count() or 1, 8))
         p = xllamacpp.CommonParams()
         p.model.path = str(path)
@@ -60,11 +72,26 @@ class EmbeddedModel(Model):
         p.verbosity = -1
         p.hostnames = [host]
         p.port = port
+        if self.lora is not None:
+            p.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(self.lora), 1.0)]
         self.slot_ctx = ctx // parallel
         self.parallel = parallel
-        self._server = xllamacpp.Server(p)
+        try:
+            self._server = xllamacpp.Server(p)
+        except RuntimeError as e:
+            if self.lora is None:
+                raise
+            raise ModelError(
+                f"llama.cpp could not start {path.name} with LoRA {self.lora} ({e}): "
+                "was the adapter exported for this base model?"
+            ) from None
         self.base_url = self._server.listening_address
         self._client: httpx.AsyncClient | None = None
+
+    def info(self) -> dict[str, Any]:
+        if self.lora is None:
+            return super().info()
+        return {**super().info(), "lora": str(self.lora), "lora_sha256": self.lora_sha256}
 
     def _http(self) -> httpx.AsyncClient:
         # One client per event loop: the CLI and the tests each run their own asyncio.run().
