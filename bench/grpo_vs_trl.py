@@ -50,37 +50,10 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from pistar.actions import ActionError  # noqa: E402
 from pistar.agent import LLMAgent  # noqa: E402
 from pistar.envs import make_env  # noqa: E402
-from pistar.train.model import TrainConfig, load_tokenizer  # noqa: E402
+from pistar.train.model import TrainConfig, load_tokenizer, tiny_qwen2  # noqa: E402
 from pistar.train.rl import RLTrainer  # noqa: E402
 
 SMALL = "qwen2.5-coder-0.5b"
-
-
-def tiny_model(root: Path) -> Path:
-    """A random 2-layer Qwen2 with the real tokenizer: every code path of a real model, at almost no compute."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tok = load_tokenizer(SMALL)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-        eos_token_id=tok.eos_token_id,  # both trainers must stop at the same token
-        pad_token_id=tok.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(root / "tiny")
-    tok.save_pretrained(root / "tiny")
-    return root / "tiny"
 
 
 def render(env_id: str, seed: int) -> list[dict[str, Any]]:
@@ -297,7 +270,7 @@ def main() -> None:
             from pistar.models.hf import resolve_target
 
             model = resolve_target(a.model)
-        model = model or tiny_model(root)
+        model = model or tiny_qwen2(root / "tiny", SMALL)
         suite = root / "suite.json"
         task = {"env": a.env, "seeds": a.tasks * n_steps, "seed_start": 0, "max_steps": 1}
         suite.write_text(json.dumps({"name": "grpo-vs-trl", "tasks": [task]}))

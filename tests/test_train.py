@@ -18,7 +18,7 @@ from conftest import SMALL, require
 from pistar.evaluate import AgentSpec, evaluate
 from pistar.suites import Suite, TaskSpec
 from pistar.train.data import Filters, build, split_of
-from pistar.train.model import TrainConfig, tokenize_example
+from pistar.train.model import TrainConfig, tiny_qwen2, tokenize_example
 from pistar.train.rl import (
     RLTrainer,
     clipped_surrogate,
@@ -34,27 +34,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from pistar.train.model import load_tokenizer
-
     require(SMALL)
-    tok = load_tokenizer(SMALL)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    )
-    out = tmp_path_factory.mktemp("tiny")
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_qwen2(tmp_path_factory.mktemp("tiny"), SMALL)
 
 
 def suite(env: str, seeds: int, max_steps: int, start: int = 0) -> Suite:

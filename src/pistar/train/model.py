@@ -167,3 +167,32 @@ def tokenize_example(tokenizer: Any, messages: list[dict[str, Any]], completion:
 
 def _ids(encoded: Any) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def tiny_qwen2(out: Path, base: str = "qwen2.5-coder-0.5b") -> Path:
+    """A random 2-layer Qwen2 (hidden 16) with `base`'s real tokenizer and chat template: every code path of a real
+    model at almost no compute, for the tests and the benches. Generation stops at the tokenizer's end of turn."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = load_tokenizer(base)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
