@@ -92,6 +92,28 @@ def test_success_filter_and_rule_filters_drop_what_they_say(runs: dict, tmp_path
     assert short["dropped"].get("too long", 0) >= winners["dropped"].get("failed", 0)  # failures ran 12 steps
 
 
+def test_a_balanced_subset_keeps_the_rare_action_the_random_one_drowns(runs: dict, tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    from pistar.train.sft import subset
+
+    build([runs["teacher"]], tmp_path / "ds", Filters(success=True), validation=0.0, pairs=False)
+    train = load_from_disk(str(tmp_path / "ds" / "sft"))["train"]
+    actions = train["action"]
+    counts = {a: actions.count(a) for a in set(actions)}
+    rare = min(counts, key=counts.get)
+    n = len(counts) * counts[rare]
+    assert len(counts) >= 3 and n < len(train)
+    balanced = [actions[i] for i in subset(train, n, 0, balance=True)]
+    plain = [actions[i] for i in subset(train, n, 0, balance=False)]
+    # Round-robin over the actions: each appears exactly as often as the rarest, which is kept whole.
+    assert all(balanced.count(a) == counts[rare] for a in counts)
+    assert len(set(subset(train, n, 0, balance=True))) == n
+    # A random draw keeps the imbalance (the frequent action is over its share).
+    top = max(counts, key=counts.get)
+    assert plain.count(top) > counts[rare]
+
+
 def _final_hidden_grad(model: Any) -> dict[str, Any]:
     """Capture the gradient reaching the last hidden states: position t's state feeds only the prediction of token
     t+1 (TRL fuses lm_head and the loss, so there is no logits tensor to watch)."""
@@ -280,6 +302,7 @@ def test_online_rl_through_the_agent_loop_resumes_and_reports_equal_groups(
         history=0,
         kl_coef=0.1,
         minibatch=8,
+        skip_equal_groups=False,
     )
     trainer = RLTrainer(config, algo)
     first = trainer.step()
@@ -298,6 +321,25 @@ def test_online_rl_through_the_agent_loop_resumes_and_reports_equal_groups(
     log = [json.loads(line) for line in (tmp_path / algo / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [0, 1] and [r["iteration"] for r in second] == [1]
     assert (tmp_path / algo / "adapter_config.json").exists() and (tmp_path / algo / "curve.png").stat().st_size > 0
+
+
+def test_grpo_spends_no_update_on_a_group_whose_returns_are_all_equal(tiny: Path, tmp_path: Path) -> None:
+    (tmp_path / "suite.yaml").write_text(json.dumps(suite("babyai/GoToLocal", 1, 2).to_dict()))
+    config = TrainConfig(
+        model=str(tiny), out=str(tmp_path / "g"), suite=str(tmp_path / "suite.yaml"), iterations=1,
+        tasks_per_iter=1, group_size=2, max_tokens=24, lr=1e-2, history=0, kl_coef=0.1,
+    )  # fmt: skip
+    trainer = RLTrainer(config, "grpo")
+    before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    record = trainer.step()
+    # The random tiny model does not reach the ball in 2 steps: both episodes return 0.
+    assert record["equal_groups"] == record["groups"] == 1 and record["success"] == 0
+    assert record["turns"] == 0 and record["skipped_turns"] == round(record["steps"] * 2) > 0
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters() if v.requires_grad)
+    # Kept (for its KL term), the same rollouts (seeded by iteration) give the update every one of those turns.
+    keep = RLTrainer(config.model_copy(update={"out": str(tmp_path / "k"), "skip_equal_groups": False}), "grpo")
+    again = keep.step()
+    assert again["turns"] == record["skipped_turns"] and again["skipped_turns"] == 0
 
 
 class FakeVLLM:

@@ -117,6 +117,7 @@ def sft_examples(traj: Trajectory, source: str, roles: tuple[str, ...] = ()) -> 
                     "step": step.index,
                     "role": call.role,
                     "kind": "teacher" if traj.agent == "teacher" else "model",
+                    "action": step.action.label() if step.action else "",
                     "messages": text_only(call.messages),
                     "completion": call.completion,
                 }
@@ -212,6 +213,7 @@ def corrections(traj: Trajectory, source: str, history: int = 4) -> tuple[list[d
                         "step": step.index,
                         "role": call.role if call else "policy",
                         "kind": "correction",
+                        "action": expert.label(),
                         "messages": text_only(messages),
                         "completion": target,
                     }

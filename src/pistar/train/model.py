@@ -42,7 +42,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(4, ge=1)
     max_length: int = Field(2048, ge=16)
+    gradient_checkpointing: bool = False  # TRL turns it on: memory for ~1/3 more compute, a loss on a CPU
     max_examples: int | None = None  # a random subset of the training split (a quick run on a slow machine)
+    balance: bool = False  # draw that subset evenly over the actions, so a rare one (pick up, submit) is not drowned
     logging_steps: int = 5
     beta: float = 0.1  # DPO temperature
     # online RL (grpo, ppo)
@@ -59,6 +61,7 @@ class TrainConfig(BaseModel):
     ppo_epochs: int = Field(1, ge=1)
     minibatch: int = Field(8, ge=1)  # turns per optimizer step
     scale_rewards: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO)
+    skip_equal_groups: bool = True  # GRPO: a group with equal returns has zero advantage; don't spend an update on it
     gamma: float = 1.0
     lam: float = 0.95
     vf_coef: float = 0.5

@@ -267,11 +267,17 @@ class RLTrainer:
 
         c = self.config
         turns: list[Turn] = []
-        equal_groups = 0
+        equal_groups = skipped = 0
         multi_step = c.ppo_epochs > 1 or self.algo == "ppo"
         for group in groups:
             rewards = [self.reward(t) for t in group]
-            equal_groups += max(rewards) - min(rewards) < 1e-9
+            equal = max(rewards) - min(rewards) < 1e-9
+            equal_groups += equal
+            if self.algo == "grpo" and equal and c.skip_equal_groups:
+                # Zero advantage on every turn: only the KL term would train, at a full forward-backward per turn
+                # (DAPO drops these groups too). Counted, so a run that learns nothing shows it.
+                skipped += sum(len(self._turns(t)) for t in group)
+                continue
             if self.algo == "grpo":
                 for traj, adv in zip(group, grpo_advantages(rewards, c.scale_rewards), strict=True):
                     for turn, _ in self._turns(traj):
@@ -304,7 +310,7 @@ class RLTrainer:
             if multi_step or len(turns) > c.minibatch:
                 with torch.no_grad():
                     t.old_logp = completion_logprobs(self.model, t.prompt_ids, t.completion_ids)[0]
-        return turns, {"equal_groups": equal_groups, "groups": len(groups)}
+        return turns, {"equal_groups": equal_groups, "groups": len(groups), "skipped_turns": skipped}
 
     def update(self, turns: list[Turn]) -> dict[str, float]:
         import torch
@@ -329,17 +335,17 @@ class RLTrainer:
                     if t.ref_logp is not None:
                         kl = kl_k3(logp, t.ref_logp)
                         per_token = per_token + c.kl_coef * kl
-                        sums["kl"] += float(kl.sum())
+                        sums["kl"] += kl.sum().item()
                     loss = per_token.sum() / n_tokens  # token-mean over the minibatch
                     if self.value_head is not None:
                         v = self.value_head(h.float())[0]
                         vl = value_loss(v, torch.tensor(t.old_value), torch.tensor(t.ret), c.value_clip)
                         loss = loss + c.vf_coef * vl / len(batch)
-                        sums["value_loss"] += float(vl)
+                        sums["value_loss"] += vl.item()
                     loss.backward()
-                    sums["loss"] += float(loss)
-                    sums["entropy"] += float(entropy.sum())
-                    sums["clipfrac"] += float(clipped.sum())
+                    sums["loss"] += loss.item()
+                    sums["entropy"] += entropy.sum().item()
+                    sums["clipfrac"] += clipped.sum().item()
                     tokens += len(t.completion_ids)
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
                 self.optimizer.step()

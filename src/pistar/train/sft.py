@@ -7,6 +7,8 @@ and its gradient come only from the model's own tokens, never from what the envi
 
 from __future__ import annotations
 
+import itertools
+import random
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ def tokenized(dataset: Any, tokenizer: Any, max_length: int) -> tuple[Any, int]:
 
 def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
     """TRL/transformers arguments shared by SFT and DPO: CPU unless a device is asked, no hub, no checkpoints."""
+    # transformers renamed gradient_checkpointing (kept as a deprecated alias) to activation_checkpointing.
+    new = "activation_checkpointing" in cls.__dataclass_fields__
+    extra["activation_checkpointing" if new else "gradient_checkpointing"] = config.gradient_checkpointing
     return cls(
         output_dir=str(out / "trainer"),
         per_device_train_batch_size=config.batch_size,
@@ -46,6 +51,22 @@ def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
     )
 
 
+def subset(train: Any, n: int, seed: int, balance: bool) -> list[int]:
+    """n random rows; balanced, round-robin over the actions the replies take (the reply itself on data built
+    before the action column), so an action taken once per episode (pick up, submit) is not drowned by the moves."""
+    order = random.Random(seed).sample(range(len(train)), len(train))
+    if not balance:
+        return order[:n]
+    keys = train["action"] if "action" in train.column_names else train["completion"]
+    groups: dict[str, list[int]] = {}
+    for i in order:
+        groups.setdefault(keys[i], []).append(i)
+    picked: list[int] = []
+    for row in itertools.zip_longest(*groups.values()):
+        picked += [i for i in row if i is not None]
+    return picked[:n]
+
+
 def train_sft(config: TrainConfig) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
@@ -54,7 +75,7 @@ def train_sft(config: TrainConfig) -> dict[str, Any]:
     model, tokenizer, base = load_policy(config)
     train = data["train"]
     if config.max_examples is not None and config.max_examples < len(train):
-        train = train.shuffle(seed=config.seed).select(range(config.max_examples))
+        train = train.select(subset(train, config.max_examples, config.seed, config.balance))
     train, dropped = tokenized(train, tokenizer, config.max_length)
     if len(train) == 0:
         raise ValueError(f"{config.data}: no training example fits max_length={config.max_length}")
