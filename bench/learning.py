@@ -5,7 +5,11 @@ Stages (each a directory under --out; rerunning skips what is done, so an interr
   data      `pistar data build` of those runs (successes only), split by seed
   base      the untrained model on the held-out test seeds
   sft       LoRA SFT on the teacher data, then evaluated on the test seeds
-  grpo      online GRPO from the SFT adapter on the training seeds, then evaluated on the test seeds
+  dagger    the SFT policy plays the training seeds; `data build --correct` has the bot label every state it
+            reached where the bot would have acted otherwise (DAgger); SFT continues on those corrections plus
+            the teacher data, then evaluated on the test seeds. Behaviour cloning alone never sees the states its
+            own mistakes lead to (standing in front of the object, bumping into it); this is where they come from.
+  grpo      online GRPO from the last adapter (dagger, else sft) on the training seeds, then evaluated on the test seeds
 Prints a table (success per kind and stage) and writes learning.png (bars per stage, GRPO's reward curve).
 
     .venv/bin/python bench/learning.py --out runs/learning
@@ -82,8 +86,11 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--sft-epochs", type=float, default=1.0)
     p.add_argument("--sft-examples", type=int, default=300)
+    p.add_argument("--balance", action="store_true", help="SFT subsets drawn evenly over the actions")
+    p.add_argument("--dagger-seeds", type=int, default=20, help="training seeds per kind the SFT policy plays")
+    p.add_argument("--dagger-examples", type=int, default=240)
     p.add_argument("--grpo-iterations", type=int, default=8)
-    p.add_argument("--stages", default="base,sft,grpo")
+    p.add_argument("--stages", default="base,sft,dagger,grpo")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
@@ -114,6 +121,7 @@ def main() -> None:
                 lr=2e-4,
                 grad_accum=4,
                 max_length=1024,
+                balance=args.balance,
                 logging_steps=10,
             )
             t0 = time.perf_counter()
@@ -125,6 +133,49 @@ def main() -> None:
             )
         results["sft"] = asyncio.run(evaluate_stage("sft", embedded_uri(args.model, sft_dir), args))
 
+    policy_dir = sft_dir
+    dagger_dir = args.out / "dagger"
+    if "dagger" in stages:
+        if not (dagger_dir / "pistar.json").exists():
+            from pistar.train.sft import train_sft
+
+            played = args.out / "dagger_runs"
+            spec = AgentSpec(
+                model=embedded_uri(args.model, sft_dir),
+                history=args.history,
+                temperature=args.temperature,
+                max_tokens=48,
+            )
+            asyncio.run(evaluate(suite(args.dagger_seeds, 1000, args.max_steps), spec, played, concurrency=4))
+            summary = build(
+                [args.out / "teacher", played],
+                args.out / "data_dagger",
+                Filters(success=True),
+                validation=0.1,
+                pairs=False,
+                correct=True,
+                history=args.history,
+            )
+            print("dagger data:", summary["sft"], summary.get("sft_split"), flush=True)
+            config = TrainConfig(
+                model=str(sft_dir),
+                data=str(args.out / "data_dagger"),
+                out=str(dagger_dir),
+                epochs=1.0,
+                max_examples=args.dagger_examples,
+                lr=1e-4,
+                grad_accum=4,
+                max_length=1024,
+                balance=args.balance,
+                logging_steps=10,
+            )
+            t0 = time.perf_counter()
+            metrics = train_sft(config)
+            print(f"dagger sft: {metrics['examples']} examples, {time.perf_counter() - t0:.0f} s", flush=True)
+        results["dagger"] = asyncio.run(evaluate_stage("dagger", embedded_uri(args.model, dagger_dir), args))
+    if (dagger_dir / "pistar.json").exists():
+        policy_dir = dagger_dir
+
     grpo_dir = args.out / "grpo"
     curve: list[dict] = []
     if "grpo" in stages:
@@ -133,7 +184,7 @@ def main() -> None:
 
             (args.out / "train_suite.yaml").write_text(json.dumps(train.to_dict()))
             config = TrainConfig(
-                model=str(sft_dir),
+                model=str(policy_dir),
                 out=str(grpo_dir),
                 suite=str(args.out / "train_suite.yaml"),
                 iterations=args.grpo_iterations,
