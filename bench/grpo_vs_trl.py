@@ -285,6 +285,7 @@ def main() -> None:
             minibatch=a.group * a.tasks,  # one optimizer step per iteration, as TRL's
             iterations=n_steps,
             constrained=False,
+            skip_equal_groups=False,  # TRL's trainer updates on every group: the same work on both sides
         )
         sides: dict[str, Any] = {}
         sides["pistar"] = RLTrainer(base.model_copy(update={"out": str(root / "pistar")}), "grpo")
