@@ -75,6 +75,21 @@ def embedded_uri(model: str, adapter_dir: Path) -> str:
     return f"hf:{adapter_dir}"
 
 
+def sft(
+    args: argparse.Namespace, model: str, data: Path, out: Path, examples: int, lr: float, epochs: float = 1.0
+) -> None:
+    from pistar.train.sft import train_sft
+
+    config = TrainConfig(
+        model=model, data=str(data), out=str(out), epochs=epochs, max_examples=examples, balance=args.balance,
+        lr=lr, grad_accum=4, max_length=1024, logging_steps=10,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    metrics = train_sft(config)
+    took = time.perf_counter() - t0
+    print(f"{out.name}: {metrics['examples']} examples, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/learning"))
@@ -110,35 +125,13 @@ def main() -> None:
     sft_dir = args.out / "sft"
     if "sft" in stages:
         if not (sft_dir / "pistar.json").exists():
-            from pistar.train.sft import train_sft
-
-            config = TrainConfig(
-                model=args.model,
-                data=str(data),
-                out=str(sft_dir),
-                epochs=args.sft_epochs,
-                max_examples=args.sft_examples,
-                lr=2e-4,
-                grad_accum=4,
-                max_length=1024,
-                balance=args.balance,
-                logging_steps=10,
-            )
-            t0 = time.perf_counter()
-            metrics = train_sft(config)
-            print(
-                f"sft: {metrics['examples']} examples, eval loss {metrics.get('eval_loss')}, "
-                f"{time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
+            sft(args, args.model, data, sft_dir, args.sft_examples, 2e-4, epochs=args.sft_epochs)
         results["sft"] = asyncio.run(evaluate_stage("sft", embedded_uri(args.model, sft_dir), args))
 
     policy_dir = sft_dir
     dagger_dir = args.out / "dagger"
     if "dagger" in stages:
         if not (dagger_dir / "pistar.json").exists():
-            from pistar.train.sft import train_sft
-
             played = args.out / "dagger_runs"
             spec = AgentSpec(
                 model=embedded_uri(args.model, sft_dir),
@@ -157,21 +150,7 @@ def main() -> None:
                 history=args.history,
             )
             print("dagger data:", summary["sft"], summary.get("sft_split"), flush=True)
-            config = TrainConfig(
-                model=str(sft_dir),
-                data=str(args.out / "data_dagger"),
-                out=str(dagger_dir),
-                epochs=1.0,
-                max_examples=args.dagger_examples,
-                lr=1e-4,
-                grad_accum=4,
-                max_length=1024,
-                balance=args.balance,
-                logging_steps=10,
-            )
-            t0 = time.perf_counter()
-            metrics = train_sft(config)
-            print(f"dagger sft: {metrics['examples']} examples, {time.perf_counter() - t0:.0f} s", flush=True)
+            sft(args, str(sft_dir), args.out / "data_dagger", dagger_dir, args.dagger_examples, 1e-4)
         results["dagger"] = asyncio.run(evaluate_stage("dagger", embedded_uri(args.model, dagger_dir), args))
     if (dagger_dir / "pistar.json").exists():
         policy_dir = dagger_dir
@@ -227,6 +206,9 @@ def plot(results: dict[str, dict], curve: list[dict], path: Path) -> None:
         axes[1].set_xlabel("GRPO iteration")
         axes[1].set_ylabel("training success %")
         axes[1].set_ylim(0, 100)
+    else:
+        axes[1].text(0.5, 0.5, "not run", ha="center", va="center", transform=axes[1].transAxes, color="#999")
+        axes[1].set_axis_off()
     axes[1].set_title("GRPO on training seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
