@@ -331,7 +331,10 @@ def test_grpo_spends_no_update_on_a_group_whose_returns_are_all_equal(tiny: Path
     )  # fmt: skip
     trainer = RLTrainer(config, "grpo")
     before = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    seen: list[str] = []
+    trainer.on_progress = seen.append  # what the CLI's progress bar shows within an iteration
     record = trainer.step()
+    assert seen == ["iteration 1/1: episode 1/2", "iteration 1/1: episode 2/2", "iteration 1/1: update"]
     # The random tiny model does not reach the ball in 2 steps: both episodes return 0.
     assert record["equal_groups"] == record["groups"] == 1 and record["success"] == 0
     assert record["turns"] == 0 and record["skipped_turns"] == round(record["steps"] * 2) > 0

@@ -125,6 +125,7 @@ class RLTrainer:
 
         self.config, self.algo = config, algo
         self.out = Path(config.out)
+        self.on_progress: Any = None  # called with a short line (episode k/n, update) within an iteration
         self.episodes = load_suite(config.suite).episodes()
         random.Random(config.seed).shuffle(self.episodes)  # tasks of every kind from the first iterations on
         start_adapter = config.model if is_adapter(config.model) else None
@@ -180,9 +181,11 @@ class RLTrainer:
         else:
             policy = await self.sync_server(iteration)
         groups = []
-        for episode in self.tasks(iteration):
+        tasks = self.tasks(iteration)
+        for i, episode in enumerate(tasks):
             group = []
             for k in range(self.config.group_size):
+                self._progress(f"episode {i * self.config.group_size + k + 1}/{len(tasks) * self.config.group_size}")
                 seed = zlib.crc32(f"{self.config.seed}:{iteration}:{episode.env_id}:{episode.seed}:{k}".encode())
                 env = make_env(episode.env_id)
                 agent = LLMAgent(
@@ -224,6 +227,10 @@ class RLTrainer:
                 await http.post(f"{url}/unload_lora_adapter", json={"lora_name": self._served})
         self._served = name
         return OpenAIModel(name, base_url=url, token_ids=True)
+
+    def _progress(self, what: str) -> None:
+        if self.on_progress:
+            self.on_progress(f"iteration {self.iteration + 1}/{self.config.iterations}: {what}")
 
     def reward(self, traj: Any) -> float:
         return float(traj.total_reward) + self.config.invalid_penalty * traj.invalid_actions
@@ -365,6 +372,7 @@ class RLTrainer:
         t0 = time.perf_counter()
         groups = asyncio.run(self.rollouts(self.iteration))
         t1 = time.perf_counter()
+        self._progress("update")
         turns, info = self.build_turns(groups)
         stats = self.update(turns) if turns else {}
         t2 = time.perf_counter()
