@@ -5,9 +5,10 @@ Stages (each a directory under --out; rerunning skips what is done, so an interr
   data      `pistar data build` of those runs (successes only), split by seed
   base      the untrained model on the held-out test seeds
   sft       LoRA SFT on the teacher data, then evaluated on the test seeds
-  dagger    the SFT policy plays the training seeds; `data build --correct` has the bot label every state it
-            reached where the bot would have acted otherwise (DAgger); SFT continues on those corrections plus
-            the teacher data, then evaluated on the test seeds. Behaviour cloning alone never sees the states its
+  dagger    the SFT policy plays the training seeds; `data build --correct` replays its failed episodes and has
+            the bot label every state they reached where the bot would have acted otherwise (DAgger); SFT
+            continues on those corrections plus the teacher data and the policy's own successes, then evaluated
+            on the test seeds. Behaviour cloning alone never sees the states its
             own mistakes lead to (standing in front of the object, bumping into it); this is where they come from.
   grpo      online GRPO from the last adapter (dagger, else sft) on the training seeds, then evaluated on the test seeds
 Prints a table (success per kind and stage) and writes learning.png (bars per stage, GRPO's reward curve).

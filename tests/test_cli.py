@@ -174,6 +174,7 @@ def test_teacher_data_and_train_commands_fail_in_one_line_on_bad_input(tmp_path:
         (["train", "dpo", "--data", str(tmp_path / "t")], "no dpo dataset here"),
         (["train", "grpo", "--model", SMALL], "online RL needs the tasks it plays"),
         (["train", "grpo", "--suite", "babyai", "--set", "rollout_model=vllm"], "rollout_model='vllm'"),
+        (["train", "grpo", "--suite", "babyai", "--set", "group_size=1"], "set group_size=2 or more"),
     ]:
         done = pistar(*args)
         assert done.returncode == 2, (args, done.stderr)

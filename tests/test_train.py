@@ -66,6 +66,7 @@ def test_teacher_runs_become_a_split_dataset_and_failures_become_corrections(run
         json.loads(r["completion"])["action"] in ("turn left", "turn right", "go forward") for r in teacher
     )
     assert all(r["messages"][0]["role"] == "system" and "Valid actions" in r["messages"][-1]["content"] for r in rows)
+    assert all(json.loads(r["completion"])["action"] == r["action"] for r in rows)  # teacher and corrections
     # The random agent's failures were replayed and relabelled by the bot, and the same states became DPO pairs.
     n_fail = summary["dropped"].get("failed", 0)
     assert (
@@ -99,7 +100,9 @@ def test_a_balanced_subset_keeps_the_rare_action_the_random_one_drowns(runs: dic
 
     build([runs["teacher"]], tmp_path / "ds", Filters(success=True), validation=0.0, pairs=False)
     train = load_from_disk(str(tmp_path / "ds" / "sft"))["train"]
-    actions = train["action"]
+    actions = list(train["action"])
+    # The action column names what the reply does.
+    assert all(json.loads(r["completion"])["action"] == r["action"] for r in train)
     counts = {a: actions.count(a) for a in set(actions)}
     rare = min(counts, key=counts.get)
     n = len(counts) * counts[rare]
@@ -338,6 +341,7 @@ def test_grpo_spends_no_update_on_a_group_whose_returns_are_all_equal(tiny: Path
     # The random tiny model does not reach the ball in 2 steps: both episodes return 0.
     assert record["equal_groups"] == record["groups"] == 1 and record["success"] == 0
     assert record["turns"] == 0 and record["skipped_turns"] == round(record["steps"] * 2) > 0
+    assert record["kl"] is None and record["loss"] is None  # nothing was measured, so nothing is claimed
     assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters() if v.requires_grad)
     # Kept (for its KL term), the same rollouts (seeded by iteration) give the update every one of those turns.
     keep = RLTrainer(config.model_copy(update={"out": str(tmp_path / "k"), "skip_equal_groups": False}), "grpo")

@@ -91,6 +91,13 @@ async def judge(model: Model, traj: Trajectory) -> bool:
         return False
 
 
+def action_key(action: Action | None) -> str:
+    """What a reply does, coarsely (the move, the tool, "answer"), for balancing examples over actions."""
+    if action is None:
+        return ""
+    return action.name if action.kind in ("act", "tool") else action.kind
+
+
 def _base(traj: Trajectory, source: str) -> dict[str, Any]:
     return {
         "env_id": traj.env_id,
@@ -117,7 +124,7 @@ def sft_examples(traj: Trajectory, source: str, roles: tuple[str, ...] = ()) -> 
                     "step": step.index,
                     "role": call.role,
                     "kind": "teacher" if traj.agent == "teacher" else "model",
-                    "action": step.action.label() if step.action else "",
+                    "action": action_key(step.action),
                     "messages": text_only(call.messages),
                     "completion": call.completion,
                 }
@@ -213,7 +220,7 @@ def corrections(traj: Trajectory, source: str, history: int = 4) -> tuple[list[d
                         "step": step.index,
                         "role": call.role if call else "policy",
                         "kind": "correction",
-                        "action": expert.label(),
+                        "action": action_key(expert),
                         "messages": text_only(messages),
                         "completion": target,
                     }

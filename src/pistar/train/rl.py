@@ -7,7 +7,8 @@ so text written by the environment or a tool, and earlier turns shown in the pro
 
 - GRPO: an episode's advantage is its return minus its group's mean (divided by the group's std unless
   `scale_rewards=False`), given to every token the policy wrote in that episode. A group whose returns are all
-  equal teaches nothing; such groups are counted in the log, not hidden.
+  equal teaches nothing; such groups are counted in the log, not hidden, and (`skip_equal_groups`) not trained
+  on, since every advantage in them is zero (`skipped_turns`; an iteration with nothing to train logs KL as null).
 - PPO: a value head on the last prompt token estimates each turn's value; advantages come from GAE over the
   turns of an episode (γ, λ), returns train the value head with a clipped loss.
 - Both: the clipped ratio objective, a KL penalty to the reference policy (k3 estimator; with LoRA the reference
@@ -25,6 +26,7 @@ import math
 import random
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,8 @@ class RLTrainer:
             raise ValueError(f"unknown algorithm {algo!r}: grpo or ppo")
         if not config.suite:
             raise ValueError("online RL needs the tasks it plays: set suite=NAME or suite=FILE.yaml")
+        if algo == "grpo" and config.group_size < 2:
+            raise ValueError("GRPO compares episodes within a group: set group_size=2 or more (4 is usual)")
         if config.rollout_model != "policy" and not (config.rollout_model.startswith("openai:") and config.lora):
             raise ValueError(
                 f"rollout_model={config.rollout_model!r}: use 'policy' (the trained model in this process) or "
@@ -125,7 +129,7 @@ class RLTrainer:
 
         self.config, self.algo = config, algo
         self.out = Path(config.out)
-        self.on_progress: Any = None  # called with a short line (episode k/n, update) within an iteration
+        self.on_progress: Callable[[str], None] | None = None  # a short line (episode k/n, update) per event
         self.episodes = load_suite(config.suite).episodes()
         random.Random(config.seed).shuffle(self.episodes)  # tasks of every kind from the first iterations on
         start_adapter = config.model if is_adapter(config.model) else None
@@ -278,15 +282,15 @@ class RLTrainer:
         multi_step = c.ppo_epochs > 1 or self.algo == "ppo"
         for group in groups:
             rewards = [self.reward(t) for t in group]
-            equal = max(rewards) - min(rewards) < 1e-9
-            equal_groups += equal
-            if self.algo == "grpo" and equal and c.skip_equal_groups:
-                # Zero advantage on every turn: only the KL term would train, at a full forward-backward per turn
-                # (DAPO drops these groups too). Counted, so a run that learns nothing shows it.
-                skipped += sum(len(self._turns(t)) for t in group)
-                continue
+            equal_groups += max(rewards) - min(rewards) < 1e-9
             if self.algo == "grpo":
-                for traj, adv in zip(group, grpo_advantages(rewards, c.scale_rewards), strict=True):
+                advantages = grpo_advantages(rewards, c.scale_rewards)
+                if c.skip_equal_groups and not any(advantages):
+                    # Zero advantage on every turn: only the KL term would train, at a full forward-backward per
+                    # turn (DAPO drops these groups too). Counted, so a run that learns nothing shows it.
+                    skipped += sum(1 for t in group for st in t.steps for call in st.calls if call.completion_ids)
+                    continue
+                for traj, adv in zip(group, advantages, strict=True):
                     for turn, _ in self._turns(traj):
                         turn.advantage = adv
                         turns.append(turn)
@@ -374,7 +378,8 @@ class RLTrainer:
         t1 = time.perf_counter()
         self._progress("update")
         turns, info = self.build_turns(groups)
-        stats = self.update(turns) if turns else {}
+        # Nothing trained: no KL, loss or entropy was measured; null says so (0 would claim a value).
+        stats = self.update(turns) if turns else dict.fromkeys(("loss", "kl", "entropy", "clipfrac", "value_loss"))
         t2 = time.perf_counter()
         trajs = [t for g in groups for t in g]
         record = {
@@ -451,8 +456,9 @@ def plot_log(log: list[dict[str, Any]], path: Path) -> None:
     a.plot(its, [r["success"] for r in log], marker="s", label="success")
     a.set_xlabel("iteration")
     a.legend()
-    b.plot(its, [r.get("kl", 0.0) for r in log], marker="o", label="KL to reference")
-    b.plot(its, [r.get("entropy", 0.0) for r in log], marker="s", label="entropy / token")
+    nan = float("nan")  # an iteration that trained nothing has no KL or entropy: a gap, not a drop to 0
+    b.plot(its, [nan if r.get("kl") is None else r["kl"] for r in log], marker="o", label="KL to reference")
+    b.plot(its, [nan if r.get("entropy") is None else r["entropy"] for r in log], marker="s", label="entropy / token")
     b.set_xlabel("iteration")
     b.set_yscale("symlog", linthresh=1e-3)
     b.legend()

@@ -52,12 +52,13 @@ def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
 
 
 def subset(train: Any, n: int, seed: int, balance: bool) -> list[int]:
-    """n random rows; balanced, round-robin over the actions the replies take (the reply itself on data built
-    before the action column), so an action taken once per episode (pick up, submit) is not drowned by the moves."""
+    """n random rows; balanced: round-robin over the actions the replies take (the move, the tool, "answer"; the
+    reply itself on data built before the action column), as evenly as the data allows, so an action taken once
+    per episode (pick up, submit) is not drowned by the moves."""
     order = random.Random(seed).sample(range(len(train)), len(train))
     if not balance:
         return order[:n]
-    keys = train["action"] if "action" in train.column_names else train["completion"]
+    keys = list(train["action"] if "action" in train.column_names else train["completion"])
     groups: dict[str, list[int]] = {}
     for i in order:
         groups.setdefault(keys[i], []).append(i)
