@@ -429,6 +429,7 @@ def test_rollouts_on_a_vllm_server_load_each_new_adapter_and_train_on_its_token_
             group_size=2,
             history=0,
             rollout_model=f"openai:base@{server.url}",
+            skip_equal_groups=False,  # the stand-in always says "turn left": every group is equal
         )
         trainer = RLTrainer(config, "grpo")
         records = [trainer.step(), trainer.step()]
