@@ -8,8 +8,8 @@ Stages (each a directory under --out; rerunning skips what is done, so an interr
   dagger    the SFT policy plays the training seeds; `data build --correct` replays its failed episodes and has
             the bot label every state they reached where the bot would have acted otherwise (DAgger); SFT
             continues on those corrections plus the teacher data and the policy's own successes, then evaluated
-            on the test seeds. Behaviour cloning alone never sees the states its
-            own mistakes lead to (standing in front of the object, bumping into it); this is where they come from.
+            on the test seeds. Behaviour cloning alone never sees the states its own mistakes lead to (standing
+            in front of the object, bumping into it); this is where they come from.
   grpo      online GRPO from the last adapter (dagger, else sft) on the training seeds, then evaluated on the test seeds
 Prints a table (success per kind and stage) and writes learning.png (bars per stage, GRPO's reward curve).
 
@@ -54,8 +54,13 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def policy(model_uri: str, args: argparse.Namespace) -> AgentSpec:
+    """The trained (or base) model as an agent, the same on training seeds (DAgger) and on test seeds."""
+    return AgentSpec(model=model_uri, history=args.history, temperature=args.temperature, max_tokens=48)
+
+
 async def evaluate_stage(name: str, model_uri: str, args: argparse.Namespace) -> dict[str, dict]:
-    spec = AgentSpec(model=model_uri, history=args.history, temperature=args.temperature, max_tokens=48)
+    spec = policy(model_uri, args)
     t0 = time.perf_counter()
     rows = await evaluate(suite(args.test_seeds, 0, args.max_steps), spec, args.out / f"eval_{name}", concurrency=4)
     result = by_kind(rows)
@@ -134,12 +139,7 @@ def main() -> None:
     if "dagger" in stages:
         if not (dagger_dir / "pistar.json").exists():
             played = args.out / "dagger_runs"
-            spec = AgentSpec(
-                model=embedded_uri(args.model, sft_dir),
-                history=args.history,
-                temperature=args.temperature,
-                max_tokens=48,
-            )
+            spec = policy(embedded_uri(args.model, sft_dir), args)
             asyncio.run(evaluate(suite(args.dagger_seeds, 1000, args.max_steps), spec, played, concurrency=4))
             summary = build(
                 [args.out / "teacher", played],

@@ -504,18 +504,19 @@ def _train_rl(kind: str, config) -> dict:  # noqa: ANN001
         console=console,
     ) as bar:
         task = bar.add_task(kind, total=config.iterations)
-        last = [""]  # the latest iteration's figures, kept on the bar while the next one runs
+        last = ""  # the latest iteration's figures, kept on the bar while the next one runs
 
         def show(r: dict) -> None:
+            nonlocal last
             kl = "–" if r.get("kl") is None else f"{r['kl']:.4f}"
-            last[0] = (
+            last = (
                 f"  last: reward {r['reward']:.2f} success {r['success']:.0%} kl {kl} "
                 f"equal groups {r['equal_groups']}/{r['groups']}"
             )
-            bar.update(task, completed=r["iteration"] + 1, description=f"{kind}{last[0]}")
+            bar.update(task, completed=r["iteration"] + 1, description=f"{kind}{last}")
 
         bar.update(task, completed=trainer.iteration)
-        trainer.on_progress = lambda what: bar.update(task, description=f"{kind} {what}{last[0]}")
+        trainer.on_progress = lambda what: bar.update(task, description=f"{kind} {what}{last}")
         log = train_rl(config, kind, on_iteration=show, trainer=trainer)
     return {"iterations": len(log), "last": log[-1] if log else None}
 

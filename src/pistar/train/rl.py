@@ -241,15 +241,17 @@ class RLTrainer:
 
     # -- update --------------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _trainable(traj: Any) -> list[tuple[Any, Any]]:
+        """(step, call) for every model call with exact token ids: what becomes a turn."""
+        return [(step, call) for step in traj.steps for call in step.calls if call.completion_ids]
+
     def _turns(self, traj: Any) -> list[tuple[Turn, float]]:
-        """(turn, the reward of its step) for every policy call with exact token ids."""
+        """(turn, the reward of its step) for every trainable call."""
         out = []
-        for step in traj.steps:
-            for call in step.calls:
-                if not call.completion_ids:
-                    continue
-                prompt = call.prompt_ids or self._prompt_ids(call.messages)  # a server returns only its output ids
-                out.append((Turn(prompt, call.completion_ids), float(step.reward)))
+        for step, call in self._trainable(traj):
+            prompt = call.prompt_ids or self._prompt_ids(call.messages)  # a server returns only its output ids
+            out.append((Turn(prompt, call.completion_ids), float(step.reward)))
         return out
 
     def _prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -288,7 +290,7 @@ class RLTrainer:
                 if c.skip_equal_groups and not any(advantages):
                     # Zero advantage on every turn: only the KL term would train, at a full forward-backward per
                     # turn (DAPO drops these groups too). Counted, so a run that learns nothing shows it.
-                    skipped += sum(1 for t in group for st in t.steps for call in st.calls if call.completion_ids)
+                    skipped += sum(len(self._trainable(t)) for t in group)
                     continue
                 for traj, adv in zip(group, advantages, strict=True):
                     for turn, _ in self._turns(traj):
