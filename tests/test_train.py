@@ -268,7 +268,7 @@ def test_ppo_clipping_behaves_at_the_bounds() -> None:
         logp = torch.tensor([math.log(ratio)], requires_grad=True)
         loss, clipped = clipped_surrogate(logp, torch.tensor([0.0]), torch.tensor(advantage), 0.2)
         loss.sum().backward()
-        return float(loss), float(logp.grad), float(clipped)
+        return float(loss.detach()), float(logp.grad), float(clipped)
 
     # A > 0: above 1+eps the objective is capped (no gradient); below 1-eps it is not clipped.
     assert check(1.5, 1.0) == pytest.approx((-1.2, 0.0, 1.0))
@@ -283,7 +283,7 @@ def test_ppo_clipping_behaves_at_the_bounds() -> None:
     v = torch.tensor(1.0, requires_grad=True)
     loss = value_loss(v, torch.tensor(0.0), torch.tensor(1.0), 0.2)
     loss.backward()
-    assert float(loss) == pytest.approx(0.5 * 0.8**2) and float(v.grad) == 0.0
+    assert float(loss.detach()) == pytest.approx(0.5 * 0.8**2) and float(v.grad) == 0.0
 
 
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
