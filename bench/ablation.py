@@ -6,6 +6,9 @@ episode) and writes a bar chart. Every run is a `pistar eval` run directory unde
 ablation resumes where it stopped.
 
     .venv/bin/python bench/ablation.py --suites babyai,textworld,miniwob --seeds 5 --warmup 5
+
+`--configs` and `--tasks` pick a part of it (cells already played are reloaded, not replayed), which is how a
+2-core machine gets through it over several sittings.
 """
 
 from __future__ import annotations
@@ -22,27 +25,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pistar.evaluate import AgentSpec, evaluate  # noqa: E402
 from pistar.metrics import aggregate  # noqa: E402
 from pistar.models import load_model  # noqa: E402
-from pistar.suites import load_suite  # noqa: E402
+from pistar.suites import Suite, load_suite  # noqa: E402
 from pistar.team import load_config  # noqa: E402
 
 CONFIGS = ("baseline", "reflection", "memory", "team")
 
 
 async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[str, dict]:
-    suite = load_suite(name).with_seeds(args.seeds, 0)
-    if args.max_steps:
-        for t in suite.tasks:
-            t.max_steps = min(t.max_steps, args.max_steps)
+    suite = _subset(load_suite(name).with_seeds(args.seeds, 0), args)
     results = {}
-    for cfg in CONFIGS:
+    for cfg in args.configs.split(","):
         team = load_config(f"agents/{cfg}.yaml")
         out = args.out / name / cfg
         config = f"agents/{cfg}.yaml"
         if team.memory:  # a memory of its own per suite and configuration, warmed up on other seeds
             config += f",memory={out / 'memory.sqlite'}"
-            warm = load_suite(name).with_seeds(args.warmup, 1000)
-            for t in warm.tasks:
-                t.max_steps = min(t.max_steps, args.max_steps or t.max_steps)
+            warm = _subset(load_suite(name).with_seeds(args.warmup, 1000), args)
             spec = AgentSpec(model=args.model, team=config)
             await evaluate(warm, spec, out / "warmup", concurrency=args.concurrency, model=model)
         spec = AgentSpec(model=args.model, team=config)
@@ -54,17 +52,29 @@ async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[
     return results
 
 
+def _subset(suite: Suite, args: argparse.Namespace) -> Suite:
+    """The suite's tasks whose environment id contains one of --tasks, capped at --max-steps."""
+    keep = [k for k in args.tasks.split(",") if k]
+    tasks = [t for t in suite.tasks if not keep or any(k in t.env for k in keep)]
+    if not tasks:
+        raise SystemExit(f"--tasks {args.tasks!r} matches no task of suite {suite.name!r}")
+    for t in tasks:
+        t.max_steps = min(t.max_steps, args.max_steps)
+    return Suite(suite.name, tasks)
+
+
 def table(all_results: dict[str, dict[str, dict]]) -> str:
     lines = [
         "| suite | configuration | success | steps | tokens / episode | vs baseline |",
         "|---|---|---|---|---|---|",
     ]
     for suite, results in all_results.items():
-        base = results["baseline"]["success_rate"]
+        base = results.get("baseline", {}).get("success_rate")
         for cfg, m in results.items():
+            gain = "" if base is None else f"{100 * (m['success_rate'] - base):+.0f} pts"
             lines.append(
                 f"| {suite} | {cfg} | {m['successes']}/{m['scored']} ({m['success_rate']:.0%}) | {m['steps']:.1f} | "
-                f"{m['tokens_in'] + m['tokens_out']:.0f} | {100 * (m['success_rate'] - base):+.0f} pts |"
+                f"{m['tokens_in'] + m['tokens_out']:.0f} | {gain} |"
             )
     return "\n".join(lines)
 
@@ -72,8 +82,8 @@ def table(all_results: dict[str, dict[str, dict]]) -> str:
 def plot(all_results: dict[str, dict[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(all_results), figsize=(4.2 * len(all_results), 3.2), squeeze=False)
     for ax, (suite, results) in zip(axes[0], all_results.items(), strict=True):
-        rates = [100 * results[c]["success_rate"] for c in CONFIGS]
-        ax.bar(CONFIGS, rates, color=["#888", "#4c78a8", "#54a24b", "#f58518"])
+        colors = dict(zip(CONFIGS, ["#888", "#4c78a8", "#54a24b", "#f58518"], strict=True))
+        ax.bar(list(results), [100 * m["success_rate"] for m in results.values()], color=[colors[c] for c in results])
         ax.set_ylim(0, 100)
         ax.set_title(suite)
         ax.set_ylabel("success %")
@@ -88,10 +98,15 @@ async def main() -> None:
     ap.add_argument("--suites", default="babyai,textworld,miniwob")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="which of " + ", ".join(CONFIGS))
+    ap.add_argument("--tasks", default="", help="keep tasks whose env id contains one of these (comma-separated)")
     ap.add_argument("--max-steps", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = ap.parse_args()
+    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    if unknown:
+        ap.error(f"--configs: unknown {', '.join(sorted(unknown))}; choose from {', '.join(CONFIGS)}")
     model = load_model(args.model)
     try:
         results = {name: await run_suite(name, args, model) for name in args.suites.split(",")}
