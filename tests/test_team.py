@@ -152,6 +152,45 @@ async def test_reflexion_retries_a_failed_episode_with_its_lesson_and_counts_all
     assert agent.memory.counts()["tips"] == 1  # the final failure's lesson is kept for later tasks
 
 
+class Stubborn(Model):
+    """An operator that repeats its favourite action whenever the schema still offers it, as small models do."""
+
+    uri = "stubborn"
+
+    def __init__(self, favourite: str):
+        self.favourite = favourite
+        self.offered: list[list[str]] = []
+
+    async def complete(self, messages: list[dict[str, Any]], *, schema: dict | None = None, **_: Any) -> Completion:
+        await asyncio.sleep(0)
+        if "verdict" in (schema or {}).get("properties", {}):
+            return Completion(text=json.dumps({"verdict": "progress", "reason": "r"}), finish_reason="stop")
+        offered = schema["properties"]["action"]["enum"]
+        self.offered.append(offered)
+        action = self.favourite if self.favourite in offered else offered[0]
+        return Completion(text=json.dumps({"thought": "t", "action": action}), finish_reason="stop")
+
+
+async def test_the_action_reflector_stops_a_loop_the_operator_would_repeat() -> None:
+    """In a real BabyAI room, `pick up` with nothing in front changes nothing. Without the reflector the operator
+    repeats it to the end; with it, what already led back to this observation is not offered again."""
+    env = BabyAIEnv("GoToLocal")
+    plain = Stubborn("pick up")
+    traj = await run_episode(env, TeamAgent(plain, config=TeamConfig()), 2, Budget(max_steps=10))
+    assert [s.action.name for s in traj.steps] == ["pick up"] * 10
+    model = Stubborn("pick up")
+    agent = TeamAgent(model, config=TeamConfig(action_reflector=True))
+    traj = await run_episode(env, agent, 2, Budget(max_steps=10))
+    names = [s.action.name for s in traj.steps]
+    assert names[0] == "pick up" and names[1] != "pick up", names
+    assert "pick up" not in model.offered[1] and "pick up" in model.offered[0]
+    assert traj.steps[1].observation.text == traj.steps[0].observation.text  # the same situation, a new choice
+    # Each new view gets one `pick up`, then a turn; four left turns bring back the first view, where both were
+    # tried already, so the operator is made to do a third thing instead of going round again.
+    assert names[:8] == ["pick up", "turn left"] * 4, names
+    assert names[8] not in ("pick up", "turn left"), names
+
+
 def test_agent_config_files_and_inline_and_their_errors(tmp_path: Path) -> None:
     team = load_config("agents/team.yaml")
     assert team.reasoning == "plan" and team.action_reflector and team.notetaker and team.name == "team"

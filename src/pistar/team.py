@@ -84,6 +84,7 @@ class Blackboard:
     lessons: list[str] = field(default_factory=list)  # Reflexion: from failed attempts at this same task
     queue: list[str] = field(default_factory=list)  # the rest of a shortcut being executed
     running: str = ""
+    tried: list[str] = field(default_factory=list)  # actions taken before from this very observation
     verdicts: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -139,6 +140,7 @@ class TeamAgent(LLMAgent):
         calls: list[ModelCall] = []
         if self.team.action_reflector and history:
             calls += await self._reflect(history[-1], obs)
+            self.board.tried = _tried_here(obs, history)
         if self.team.reasoning == "plan" and self._should_plan(history):
             calls += await self._plan(obs, env, history)
         if self.team.notetaker and history and len(history) % 3 == 0:
@@ -174,6 +176,9 @@ class TeamAgent(LLMAgent):
     # -- what the operator reads -----------------------------------------------------------------------
     def space(self, obs: Observation) -> ActionSpace:
         space = super().space(obs)
+        fresh = [a for a in space.env_actions if a not in self.board.tried]
+        if fresh:  # the reflector's verdict binds: what led back here is not offered again (unless nothing is left)
+            space.env_actions = fresh
         space.env_actions = space.env_actions + [SHORTCUT_PREFIX + s.name for s in self._shortcuts(obs)]
         return space
 
@@ -236,6 +241,8 @@ class TeamAgent(LLMAgent):
             parts.append(f"Notes: {b.notes}")
         if b.verdict:
             parts.append(f"Check of your last action: {b.verdict}")
+        if b.tried:
+            parts.append(f"Tried here before, led back here, not offered now: {', '.join(b.tried)}")
         cuts = self._shortcuts(obs)
         if cuts:
             parts.append("Shortcuts available now: " + ", ".join(SHORTCUT_PREFIX + s.name for s in cuts))
@@ -378,6 +385,17 @@ class TeamAgent(LLMAgent):
         self.memory.add_episode(traj.env_id, traj.task, traj.seed, True, steps)
         for cut in mine_shortcuts(traj):
             self.memory.add_shortcut(cut, source)
+
+
+def _tried_here(obs: Observation, history: list[Step]) -> list[str]:
+    """Environment actions already taken from this same observation: in a deterministic world, being here again
+    means they changed nothing or went round in a loop, which a small model repeats unless it is stopped."""
+    tried: list[str] = []
+    for s in history:
+        a = s.action
+        if a is not None and a.kind == "act" and s.observation.text == obs.text and a.name not in tried:
+            tried.append(a.name)
+    return tried
 
 
 def mine_shortcuts(traj: Trajectory, lengths: Sequence[int] = (2, 3), min_count: int = 2) -> list[Shortcut]:
