@@ -54,23 +54,29 @@ def by_kind(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def policy(model_uri: str, args: argparse.Namespace) -> AgentSpec:
-    """The trained (or base) model as an agent, the same on training seeds (DAgger) and on test seeds."""
-    return AgentSpec(model=model_uri, history=args.history, temperature=args.temperature, max_tokens=48)
+def policy(model_uri: str, args: argparse.Namespace, reflector: bool = False) -> AgentSpec:
+    """The trained (or base) model as an agent, the same on training seeds (DAgger) and on test seeds. With the
+    action reflector (training-free), an action already taken from the same observation is not offered again."""
+    team = f"action_reflector=true,history={args.history}" if reflector else None
+    return AgentSpec(model=model_uri, history=args.history, temperature=args.temperature, max_tokens=48, team=team)
 
 
-async def evaluate_stage(name: str, model_uri: str, args: argparse.Namespace) -> dict[str, dict]:
-    spec = policy(model_uri, args)
-    t0 = time.perf_counter()
-    rows = await evaluate(suite(args.test_seeds, 0, args.max_steps), spec, args.out / f"eval_{name}", concurrency=4)
-    result = by_kind(rows)
-    print(
-        f"{name}: "
-        + ", ".join(f"{k} {v['successes']}/{v['scored']}" for k, v in result.items())
-        + f" ({time.perf_counter() - t0:.0f} s)",
-        flush=True,
-    )
-    return result
+async def evaluate_stage(name: str, model_uri: str, args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+    """The stage's policy on the test seeds; with --reflector, also the same policy with the action reflector."""
+    results = {}
+    for label, reflector in [(name, False)] + ([(f"{name}+reflector", True)] if args.reflector else []):
+        spec = policy(model_uri, args, reflector)
+        t0 = time.perf_counter()
+        out = args.out / f"eval_{label.replace('+', '_')}"
+        rows = await evaluate(suite(args.test_seeds, 0, args.max_steps), spec, out, concurrency=4)
+        results[label] = by_kind(rows)
+        print(
+            f"{label}: "
+            + ", ".join(f"{k} {v['successes']}/{v['scored']}" for k, v in results[label].items())
+            + f" ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return results
 
 
 def embedded_uri(model: str, adapter_dir: Path) -> str:
@@ -112,6 +118,7 @@ def main() -> None:
     p.add_argument("--dagger-examples", type=int, default=240)
     p.add_argument("--grpo-iterations", type=int, default=8)
     p.add_argument("--stages", default="base,sft,dagger,grpo")
+    p.add_argument("--reflector", action="store_true", help="also evaluate each stage with the action reflector")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
@@ -126,13 +133,13 @@ def main() -> None:
         print("data:", summary.get("sft_split"), flush=True)
 
     if "base" in stages:
-        results["base"] = asyncio.run(evaluate_stage("base", f"embedded:{args.model}?parallel=4&ctx=8192", args))
+        results |= asyncio.run(evaluate_stage("base", f"embedded:{args.model}?parallel=4&ctx=8192", args))
 
     sft_dir = args.out / "sft"
     if "sft" in stages:
         if not (sft_dir / "pistar.json").exists():
             sft(args, args.model, data, sft_dir, args.sft_examples, 2e-4, epochs=args.sft_epochs)
-        results["sft"] = asyncio.run(evaluate_stage("sft", embedded_uri(args.model, sft_dir), args))
+        results |= asyncio.run(evaluate_stage("sft", embedded_uri(args.model, sft_dir), args))
 
     policy_dir = sft_dir
     dagger_dir = args.out / "dagger"
@@ -152,7 +159,7 @@ def main() -> None:
             )
             print("dagger data:", summary["sft"], summary.get("sft_split"), flush=True)
             sft(args, str(sft_dir), args.out / "data_dagger", dagger_dir, args.dagger_examples, 1e-4)
-        results["dagger"] = asyncio.run(evaluate_stage("dagger", embedded_uri(args.model, dagger_dir), args))
+        results |= asyncio.run(evaluate_stage("dagger", embedded_uri(args.model, dagger_dir), args))
     if (dagger_dir / "pistar.json").exists():
         policy_dir = dagger_dir
 
@@ -179,7 +186,7 @@ def main() -> None:
             )
             train_rl(config, "grpo", on_iteration=lambda r: print("grpo", json.dumps(r), flush=True))
         curve = [json.loads(line) for line in (grpo_dir / "log.jsonl").read_text().splitlines()]
-        results["grpo"] = asyncio.run(evaluate_stage("grpo", embedded_uri(args.model, grpo_dir), args))
+        results |= asyncio.run(evaluate_stage("grpo", embedded_uri(args.model, grpo_dir), args))
 
     print("\n| stage | " + " | ".join(KINDS) + " | all |\n|---|" + "---|" * (len(KINDS) + 1))
     for stage, r in results.items():
