@@ -14,7 +14,8 @@ from pistar.envs.babyai import BabyAIEnv
 from pistar.memory import LongTermMemory, Shortcut
 from pistar.metrics import episode_metrics
 from pistar.models.base import Completion, Model
-from pistar.team import TeamAgent, TeamConfig, load_config, mine_shortcuts, play
+from pistar.records import Action, Observation, Step
+from pistar.team import TeamAgent, TeamConfig, _tried_here, load_config, mine_shortcuts, play
 
 
 class RoleScript(Model):
@@ -189,6 +190,20 @@ async def test_the_action_reflector_stops_a_loop_the_operator_would_repeat() -> 
     # tried already, so the operator is made to do a third thing instead of going round again.
     assert names[:8] == ["pick up", "turn left"] * 4, names
     assert names[8] not in ("pick up", "turn left"), names
+
+
+def test_what_was_tried_from_an_observation_is_withheld_only_while_something_is_left() -> None:
+    here = Observation("a locked door ahead", extras={"valid_actions": ["toggle", "turn left", "turn right"]})
+    there = Observation("a key ahead", extras={"valid_actions": ["toggle", "turn left", "turn right"]})
+    steps = [
+        Step(0, here, Action("act", name="toggle")),
+        Step(1, there, Action("act", name="turn right")),  # taken elsewhere: does not count here
+        Step(2, here, Action("act", name="type [3] x")),  # not a listed action: nothing to withhold
+        Step(3, here, Action("act", name="turn left")),
+    ]
+    assert _tried_here(here, steps) == ["toggle", "turn left"]
+    steps.append(Step(4, here, Action("act", name="turn right")))
+    assert _tried_here(here, steps) == []  # everything was tried: offer everything again rather than nothing
 
 
 def test_agent_config_files_and_inline_and_their_errors(tmp_path: Path) -> None:

@@ -176,9 +176,8 @@ class TeamAgent(LLMAgent):
     # -- what the operator reads -----------------------------------------------------------------------
     def space(self, obs: Observation) -> ActionSpace:
         space = super().space(obs)
-        fresh = [a for a in space.env_actions if a not in self.board.tried]
-        if fresh:  # the reflector's verdict binds: what led back here is not offered again (unless nothing is left)
-            space.env_actions = fresh
+        # the reflector's verdict binds: what led back here is not offered again
+        space.env_actions = [a for a in space.env_actions if a not in self.board.tried]
         space.env_actions = space.env_actions + [SHORTCUT_PREFIX + s.name for s in self._shortcuts(obs)]
         return space
 
@@ -388,14 +387,16 @@ class TeamAgent(LLMAgent):
 
 
 def _tried_here(obs: Observation, history: list[Step]) -> list[str]:
-    """Environment actions already taken from this same observation: in a deterministic world, being here again
-    means they changed nothing or went round in a loop, which a small model repeats unless it is stopped."""
+    """Listed actions already taken from this same observation: in a deterministic world, being here again means
+    they changed nothing or went round in a loop, which a small model repeats unless it is stopped. None when
+    that would leave nothing to choose."""
     tried: list[str] = []
     for s in history:
         a = s.action
         if a is not None and a.kind == "act" and s.observation.text == obs.text and a.name not in tried:
             tried.append(a.name)
-    return tried
+    tried = [a for a in tried if a in obs.valid_actions]
+    return [] if set(obs.valid_actions) <= set(tried) else tried
 
 
 def mine_shortcuts(traj: Trajectory, lengths: Sequence[int] = (2, 3), min_count: int = 2) -> list[Shortcut]:
