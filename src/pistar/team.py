@@ -177,8 +177,8 @@ class TeamAgent(LLMAgent):
     def space(self, obs: Observation) -> ActionSpace:
         space = super().space(obs)
         # the reflector's verdict binds: what led back here is not offered again
-        space.env_actions = [a for a in space.env_actions if a not in self.board.tried]
-        space.env_actions = space.env_actions + [SHORTCUT_PREFIX + s.name for s in self._shortcuts(obs)]
+        fresh = [a for a in space.env_actions if a not in self.board.tried]
+        space.env_actions = fresh + [SHORTCUT_PREFIX + s.name for s in self._shortcuts(obs)]
         return space
 
     def _shortcuts(self, obs: Observation) -> list[Shortcut]:
@@ -390,13 +390,10 @@ def _tried_here(obs: Observation, history: list[Step]) -> list[str]:
     """Listed actions already taken from this same observation: in a deterministic world, being here again means
     they changed nothing or went round in a loop, which a small model repeats unless it is stopped. None when
     that would leave nothing to choose."""
-    tried: list[str] = []
-    for s in history:
-        a = s.action
-        if a is not None and a.kind == "act" and s.observation.text == obs.text and a.name not in tried:
-            tried.append(a.name)
-    tried = [a for a in tried if a in obs.valid_actions]
-    return [] if set(obs.valid_actions) <= set(tried) else tried
+    valid = obs.valid_actions
+    here = [s.action for s in history if s.action is not None and s.observation.text == obs.text]
+    tried = list(dict.fromkeys(a.name for a in here if a.kind == "act" and a.name in valid))
+    return [] if set(valid) <= set(tried) else tried
 
 
 def mine_shortcuts(traj: Trajectory, lengths: Sequence[int] = (2, 3), min_count: int = 2) -> list[Shortcut]:
