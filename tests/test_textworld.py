@@ -6,6 +6,7 @@ later runs are not. Only `test_generation_writes_the_cache_atomically` generates
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,16 @@ async def test_expert_wins(kind: str, seed: int) -> None:
     assert traj.task == final.extras["objective"]
     with pytest.raises(RuntimeError, match="over"):
         env.expert_action()
+
+
+async def test_concurrent_episodes_in_threads() -> None:
+    """`pistar eval --concurrency N` steps environments in worker threads; TextWorld's parser is shared, so
+    without pistar's lock games loading at once failed to reset (FailedToken, "pop from empty list")."""
+    envs = [TextWorldEnv(k) for k in KINDS for _ in range(2)]
+    trajs = await asyncio.gather(*(run_episode(e, ExpertAgent(), i % 2, env_thread=True) for i, e in enumerate(envs)))
+    assert [t.error for t in trajs] == [None] * len(envs)
+    assert all(t.success for t in trajs)
+    assert [[s.action.name for s in t.steps if s.action] for t in trajs] == [e.walkthrough for e in envs]
 
 
 async def test_coin_collector_level_sets_the_quest_length() -> None:

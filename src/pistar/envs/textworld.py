@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ _BANNER_LINE = re.compile(r"^[\s_|\\/$<>]*[_|\\/$][\s_|\\/$<>]*$")  # the ASCII-
 _JERICHO_WARNING = "Game .* is not fully supported"
 _RESTART = re.compile(r"^\s*Would you like to RESTART.*$", re.MULTILINE)
 _GENERATE_TIMEOUT_S = 600
+# TextWorld parses game logic with one module-level parser and shares its knowledge base between games, so two
+# threads loading or stepping games at once corrupt each other (tatsu's FailedToken, "pop from empty list").
+# `pistar eval --concurrency N` runs environments in threads; a step takes ~2 ms, so serialising costs nothing.
+_TEXTWORLD_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -173,7 +178,7 @@ class TextWorldEnv(Env):
     # -- Env ---------------------------------------------------------------------------------------
     def reset(self, seed: int) -> Observation:
         game = generate_game(self.kind, self.settings, seed, self.directory)
-        with warnings.catch_warnings():
+        with _TEXTWORLD_LOCK, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_JERICHO_WARNING)
             if game != self.game_file or self._env is None:
                 self.close()
@@ -196,7 +201,8 @@ class TextWorldEnv(Env):
         if action.kind != "act" or action.name not in valid:
             shown = ", ".join(valid[:12]) + (", ..." if len(valid) > 12 else "")
             raise ValueError(f"invalid TextWorld command {action.label()!r}; admissible now: {shown}")
-        self._state, _, _ = self._env.step(action.name)
+        with _TEXTWORLD_LOCK:
+            self._state, _, _ = self._env.step(action.name)
         self._taken.append(action.name)
         score = int(self._state["score"])
         reward, self._score = score - self._score, score
