@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pistar.evaluate import AgentSpec, evaluate  # noqa: E402
+from pistar.evaluate import AgentSpec, evaluate, stop_on_sigterm  # noqa: E402
 from pistar.metrics import aggregate  # noqa: E402
 from pistar.models import load_model  # noqa: E402
 from pistar.suites import Suite, load_suite  # noqa: E402
@@ -120,4 +120,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    stop_on_sigterm()  # a killed bench closes its browsers and model server; finished episodes are kept
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; finished episodes are kept under --out: rerun to resume") from None

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pistar.evaluate import AgentSpec, evaluate
+from pistar.evaluate import AgentSpec, evaluate, stop_on_sigterm
 from pistar.models import load_model
 from pistar.models.base import Completion, Model
 from pistar.suites import Suite, TaskSpec
@@ -103,4 +103,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()  # a killed bench closes its browsers and model server; finished episodes are kept
     asyncio.run(main())

@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pistar.evaluate import AgentSpec, evaluate  # noqa: E402
+from pistar.evaluate import AgentSpec, evaluate, stop_on_sigterm  # noqa: E402
 from pistar.metrics import aggregate  # noqa: E402
 from pistar.suites import Suite, TaskSpec  # noqa: E402
 from pistar.train.data import Filters, build  # noqa: E402
@@ -223,4 +223,8 @@ def plot(results: dict[str, dict], curve: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    stop_on_sigterm()  # a killed bench closes its browsers and model server; finished episodes are kept
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted; finished stages and episodes are kept under --out: rerun to resume") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from pathlib import Path
@@ -202,7 +201,7 @@ def _spec(
 def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str | None, verbose: bool) -> None:  # noqa: ANN001
     """Run the suite with a progress bar and ETA, then print the summary table. Every error is one line."""
     from pistar.envs import Env, make_env
-    from pistar.evaluate import RunMismatch, evaluate
+    from pistar.evaluate import RunMismatch, evaluate, stop_on_sigterm
     from pistar.models import ModelError, ModelMissing
     from pistar.tools.base import ToolError
 
@@ -261,7 +260,7 @@ def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str 
         )
         progress.advance(bar)
 
-    _stop_on_sigterm()
+    stop_on_sigterm()
     try:
         with progress:
             rows = asyncio.run(
@@ -358,11 +357,6 @@ def compare(
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     if only:
         console.print(f"tasks in only one run (not compared): {', '.join(only)}")
-
-
-def _stop_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so a killed run says where its finished episodes are."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
 @models_app.command("list")
@@ -574,6 +568,7 @@ def serve(
     port: Annotated[int, typer.Option()] = 8080,
 ) -> None:
     """Expose the embedded model as an OpenAI-compatible server (/v1/chat/completions) for other tools."""
+    from pistar.evaluate import stop_on_sigterm
     from pistar.models import parse_uri
     from pistar.models.embedded import EmbeddedModel
 
@@ -593,7 +588,7 @@ def serve(
     except (weights_mod.ModelMissing, ValueError) as e:
         raise fail(str(e)) from None
     console.print(f"serving {model} at {server.base_url}/v1 (OpenAI-compatible); Ctrl-C to stop", highlight=False)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     try:
         while True:
             time.sleep(3600)

@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import platform
 import re
+import signal
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -278,6 +279,12 @@ async def evaluate(
         if model is not None and given is None:
             await model.aclose()
         _close(None if given else model, mcp_servers)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so a killed run unwinds: environments (browsers) and model servers
+    close, finished episodes stay stored, and the caller can say where they are."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
 def _pending(out: Path, suite: Suite) -> bool:
