@@ -192,7 +192,7 @@ async def test_the_action_reflector_stops_a_loop_the_operator_would_repeat() -> 
     assert names[8] not in ("pick up", "turn left"), names
 
 
-def test_what_was_tried_from_an_observation_is_withheld_only_while_something_is_left() -> None:
+def test_what_was_tried_most_from_an_observation_is_withheld() -> None:
     here = Observation("a locked door ahead", extras={"valid_actions": ["toggle", "turn left", "turn right"]})
     there = Observation("a key ahead", extras={"valid_actions": ["toggle", "turn left", "turn right"]})
     steps = [
@@ -203,7 +203,11 @@ def test_what_was_tried_from_an_observation_is_withheld_only_while_something_is_
     ]
     assert _tried_here(here, steps) == ["toggle", "turn left"]
     steps.append(Step(4, here, Action("act", name="turn right")))
-    assert _tried_here(here, steps) == []  # everything was tried: offer everything again rather than nothing
+    assert _tried_here(here, steps) == []  # everything was tried once: offer everything again rather than nothing
+    steps.append(Step(5, here, Action("act", name="toggle")))
+    assert _tried_here(here, steps) == ["toggle"]  # ...but not the one just taken again: go round, not back
+    steps += [Step(6, here, Action("act", name="turn left")), Step(7, there, Action("act", name="toggle"))]
+    assert _tried_here(here, steps) == ["toggle", "turn left"]
 
 
 def test_agent_config_files_and_inline_and_their_errors(tmp_path: Path) -> None:

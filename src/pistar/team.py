@@ -387,13 +387,15 @@ class TeamAgent(LLMAgent):
 
 
 def _tried_here(obs: Observation, history: list[Step]) -> list[str]:
-    """Listed actions already taken from this same observation: in a deterministic world, being here again means
-    they changed nothing or went round in a loop, which a small model repeats unless it is stopped. None when
-    that would leave nothing to choose."""
+    """Listed actions taken from this same observation more often than the least-tried one: in a deterministic
+    world, being here again means they changed nothing or went round in a loop, which a small model repeats
+    unless it is stopped. Once everything was tried, the choice goes round the actions instead of back to one
+    (a TextWorld room where every exit was tried once otherwise got 'look' twenty times)."""
     valid = obs.valid_actions
     here = [s.action for s in history if s.action is not None and s.observation.text == obs.text]
-    tried = list(dict.fromkeys(a.name for a in here if a.kind == "act" and a.name in valid))
-    return [] if set(valid) <= set(tried) else tried
+    counts = Counter(a.name for a in here if a.kind == "act" and a.name in valid)
+    least = min((counts[a] for a in valid), default=0)
+    return [name for name in counts if counts[name] > least]
 
 
 def mine_shortcuts(traj: Trajectory, lengths: Sequence[int] = (2, 3), min_count: int = 2) -> list[Shortcut]:
