@@ -284,7 +284,7 @@ async def evaluate(
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt, so a killed run unwinds: environments (browsers) and model servers
     close, finished episodes stay stored, and the caller can say where they are."""
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _pending(out: Path, suite: Suite) -> bool:
