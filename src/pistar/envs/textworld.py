@@ -80,8 +80,8 @@ _BANNER_LINE = re.compile(r"^[\s_|\\/$<>]*[_|\\/$][\s_|\\/$<>]*$")  # the ASCII-
 _JERICHO_WARNING = "Game .* is not fully supported"
 _RESTART = re.compile(r"^\s*Would you like to RESTART.*$", re.MULTILINE)
 _GENERATE_TIMEOUT_S = 600
-# TextWorld parses game logic with one module-level parser and shares its knowledge base between games, so two
-# threads loading or stepping games at once corrupt each other (tatsu's FailedToken, "pop from empty list").
+# TextWorld parses game logic with one module-level parser, so threads loading games at once corrupt each other
+# (tatsu's FailedToken, "pop from empty list"); steps, which run the same game logic, are serialised as well.
 # `pistar eval --concurrency N` runs environments in threads; a step takes ~2 ms, so serialising costs nothing.
 _TEXTWORLD_LOCK = threading.Lock()
 
