@@ -8,6 +8,8 @@ alike. On top of that:
 - failures reused: preference pairs (a success and a failure of the same task that part ways at some step:
   the success's reply is chosen, the failure's rejected) and corrections (a failed episode replayed in its
   environment, the expert's action written at every state the agent visited — DAgger's relabelling);
+- exact duplicates dropped (a policy stuck in a loop meets the same state, and gets the same correction, a dozen
+  times; the bot starts many seeds alike): a copy adds no information, only weight;
 - a train/validation split by (environment, seed), so no task is on both sides.
 
 The result is a Hugging Face `DatasetDict` on disk: `OUT/sft` (messages + completion) and `OUT/dpo` (prompt,
@@ -237,6 +239,18 @@ def corrections(traj: Trajectory, source: str, history: int = 4) -> tuple[list[d
     return sft, pairs
 
 
+def unique(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The first of every group of rows equal on `fields` (the prompt and the replies)."""
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        key = json.dumps([r[f] for f in fields], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def split_of(env_id: str, seed: int, validation: float) -> str:
     """Deterministic by (environment, seed): every example of one task lands on the same side."""
     return "validation" if zlib.crc32(f"{env_id}#{seed}".encode()) % 10_000 < validation * 10_000 else "train"
@@ -287,6 +301,9 @@ def build(
         sft += sft_examples(traj, str(run), f.roles)
     if pairs:
         dpo += preference_pairs(everything)
+    n_sft, n_dpo = len(sft), len(dpo)
+    sft = unique(sft, ("messages", "completion"))
+    dpo = unique(dpo, ("prompt", "chosen", "rejected"))
     summary: dict[str, Any] = {
         "runs": [str(r) for r in runs],
         "episodes": len(everything),
@@ -294,6 +311,7 @@ def build(
         "dropped": dict(dropped),
         "sft": Counter(r["kind"] for r in sft),
         "dpo": Counter(r["kind"] for r in dpo),
+        "duplicates": {"sft": n_sft - len(sft), "dpo": n_dpo - len(dpo)},
         "validation": validation,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -53,12 +53,16 @@ def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
 
 def subset(train: Any, n: int, seed: int, balance: bool) -> list[int]:
     """n random rows; balanced: round-robin over the actions the replies take (the move, the tool, "answer"; the
-    reply itself on data built before the action column), as evenly as the data allows, so an action taken once
-    per episode (pick up, submit) is not drowned by the moves."""
+    reply itself on data built before the action column; the chosen reply of a preference pair), as evenly as the
+    data allows, so an action taken once per episode (pick up, submit) is not drowned by the moves."""
     order = random.Random(seed).sample(range(len(train)), len(train))
     if not balance:
         return order[:n]
-    keys = list(train["action"] if "action" in train.column_names else train["completion"])
+    columns = train.column_names
+    if "action" in columns or "completion" in columns:
+        keys = list(train["action"] if "action" in columns else train["completion"])
+    else:
+        keys = [c[-1]["content"] for c in train["chosen"]]
     groups: dict[str, list[int]] = {}
     for i in order:
         groups.setdefault(keys[i], []).append(i)
