@@ -10,7 +10,11 @@ Stages (each a directory under --out; rerunning skips what is done, so an interr
             continues on those corrections plus the teacher data and the policy's own successes, then evaluated
             on the test seeds. Behaviour cloning alone never sees the states its own mistakes lead to (standing
             in front of the object, bumping into it); this is where they come from.
-  grpo      online GRPO from the last adapter (dagger, else sft) on the training seeds, then evaluated on the test seeds
+  dpo       DPO from the SFT adapter on the same relabelled states as preference pairs (the bot's action chosen,
+            the policy's rejected), anchored to the SFT policy: where SFT needs a whole new target, DPO only has to
+            push one action below another at the states where the policy went wrong.
+  grpo      online GRPO from the last adapter (dpo, else dagger, else sft) on the training seeds, then evaluated on
+            the test seeds
 Prints a table (success per kind and stage) and writes learning.png (bars per stage, GRPO's reward curve).
 
     .venv/bin/python bench/learning.py --out runs/learning
@@ -36,6 +40,13 @@ from pistar.train.data import Filters, build  # noqa: E402
 from pistar.train.model import TrainConfig  # noqa: E402
 
 KINDS = ("goto", "pickup")
+STAGES = ("base", "sft", "dagger", "dpo", "grpo")
+
+
+def stage_order(label: str) -> tuple[int, str]:
+    """Stages in training order, each followed by its +reflector row."""
+    stage, _, extra = label.partition("+")
+    return (STAGES.index(stage) if stage in STAGES else len(STAGES), extra)
 
 
 def suite(seeds: int, start: int, max_steps: int) -> Suite:
@@ -102,6 +113,27 @@ def sft(
     print(f"{out.name}: {metrics['examples']} examples, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
 
 
+def corrections(args: argparse.Namespace, sft_dir: Path) -> Path:
+    """The SFT policy plays training seeds; the bot relabels every state of its failed episodes where it would have
+    acted otherwise: SFT examples for DAgger and preference pairs for DPO (built once, shared by both stages)."""
+    data = args.out / "data_dagger"
+    if not (data / "summary.json").exists():
+        played = args.out / "dagger_runs"
+        spec = policy(embedded_uri(args.model, sft_dir), args)
+        asyncio.run(evaluate(suite(args.dagger_seeds, 1000, args.max_steps), spec, played, concurrency=4))
+        summary = build(
+            [args.out / "teacher", played],
+            data,
+            Filters(success=True),
+            validation=0.1,
+            pairs=False,
+            correct=True,
+            history=args.history,
+        )
+        print("dagger data:", summary["sft"], summary.get("sft_split"), "pairs:", summary.get("dpo_split"), flush=True)
+    return data
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/learning"))
@@ -116,8 +148,10 @@ def main() -> None:
     p.add_argument("--balance", action="store_true", help="SFT subsets drawn evenly over the actions")
     p.add_argument("--dagger-seeds", type=int, default=20, help="training seeds per kind the SFT policy plays")
     p.add_argument("--dagger-examples", type=int, default=240)
+    p.add_argument("--dpo-pairs", type=int, default=None, help="at most this many pairs (default: all)")
+    p.add_argument("--dpo-epochs", type=float, default=2.0)
     p.add_argument("--grpo-iterations", type=int, default=8)
-    p.add_argument("--stages", default="base,sft,dagger,grpo")
+    p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--reflector", action="store_true", help="also evaluate each stage with the action reflector")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -145,23 +179,27 @@ def main() -> None:
     dagger_dir = args.out / "dagger"
     if "dagger" in stages:
         if not (dagger_dir / "pistar.json").exists():
-            played = args.out / "dagger_runs"
-            spec = policy(embedded_uri(args.model, sft_dir), args)
-            asyncio.run(evaluate(suite(args.dagger_seeds, 1000, args.max_steps), spec, played, concurrency=4))
-            summary = build(
-                [args.out / "teacher", played],
-                args.out / "data_dagger",
-                Filters(success=True),
-                validation=0.1,
-                pairs=False,
-                correct=True,
-                history=args.history,
-            )
-            print("dagger data:", summary["sft"], summary.get("sft_split"), flush=True)
-            sft(args, str(sft_dir), args.out / "data_dagger", dagger_dir, args.dagger_examples, 1e-4)
+            sft(args, str(sft_dir), corrections(args, sft_dir), dagger_dir, args.dagger_examples, 1e-4)
         results |= asyncio.run(evaluate_stage("dagger", embedded_uri(args.model, dagger_dir), args))
     if (dagger_dir / "pistar.json").exists():
         policy_dir = dagger_dir
+
+    dpo_dir = args.out / "dpo"
+    if "dpo" in stages:
+        if not (dpo_dir / "pistar.json").exists():
+            from pistar.train.dpo import train_dpo
+
+            config = TrainConfig(
+                model=str(sft_dir), data=str(corrections(args, sft_dir)), out=str(dpo_dir), epochs=args.dpo_epochs,
+                max_examples=args.dpo_pairs, lr=1e-4, beta=0.1, grad_accum=4, max_length=1024, logging_steps=5,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            metrics = train_dpo(config)
+            took = time.perf_counter() - t0
+            print(f"dpo: {metrics['pairs']} pairs, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
+        results |= asyncio.run(evaluate_stage("dpo", embedded_uri(args.model, dpo_dir), args))
+    if (dpo_dir / "pistar.json").exists():
+        policy_dir = dpo_dir
 
     grpo_dir = args.out / "grpo"
     curve: list[dict] = []
@@ -188,11 +226,17 @@ def main() -> None:
         curve = [json.loads(line) for line in (grpo_dir / "log.jsonl").read_text().splitlines()]
         results |= asyncio.run(evaluate_stage("grpo", embedded_uri(args.model, grpo_dir), args))
 
+    # Rerunning some stages keeps the others' rows: every stage is evaluated in its own directory anyway.
+    saved = args.out / "results.json"
+    before = json.loads(saved.read_text()) if saved.exists() else {}
+    merged = before.get("results", {}) | results
+    results = {k: merged[k] for k in sorted(merged, key=stage_order)}
+    curve = curve or before.get("grpo", [])
     print("\n| stage | " + " | ".join(KINDS) + " | all |\n|---|" + "---|" * (len(KINDS) + 1))
     for stage, r in results.items():
         cells = [f"{r[k]['successes']}/{r[k]['scored']} ({r[k]['success_rate']:.0%})" for k in (*KINDS, "all")]
         print(f"| {stage} | " + " | ".join(cells) + " |")
-    (args.out / "results.json").write_text(json.dumps({"results": results, "grpo": curve}, indent=2, default=str))
+    saved.write_text(json.dumps({"results": results, "grpo": curve}, indent=2, default=str))
     plot(results, curve, args.out / "learning.png")
     print(f"picture: {args.out / 'learning.png'}")
 
