@@ -149,7 +149,8 @@ def main() -> None:
     p.add_argument("--dagger-seeds", type=int, default=20, help="training seeds per kind the SFT policy plays")
     p.add_argument("--dagger-examples", type=int, default=240)
     p.add_argument("--dpo-pairs", type=int, default=None, help="at most this many pairs (default: all)")
-    p.add_argument("--dpo-epochs", type=float, default=2.0)
+    p.add_argument("--dpo-epochs", type=float, default=1.0)
+    p.add_argument("--dpo-nll", type=float, default=0.0, help="weight of an NLL term on the chosen reply (RPO)")
     p.add_argument("--grpo-iterations", type=int, default=8)
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--reflector", action="store_true", help="also evaluate each stage with the action reflector")
@@ -184,20 +185,22 @@ def main() -> None:
     if (dagger_dir / "pistar.json").exists():
         policy_dir = dagger_dir
 
-    dpo_dir = args.out / "dpo"
+    dpo = "dpo+nll" if args.dpo_nll else "dpo"  # each variant is a stage of its own, trained and evaluated apart
+    dpo_dir = args.out / dpo.replace("+", "_")
     if "dpo" in stages:
         if not (dpo_dir / "pistar.json").exists():
             from pistar.train.dpo import train_dpo
 
             config = TrainConfig(
                 model=str(sft_dir), data=str(corrections(args, sft_dir)), out=str(dpo_dir), epochs=args.dpo_epochs,
-                max_examples=args.dpo_pairs, lr=1e-4, beta=0.1, grad_accum=4, max_length=1024, logging_steps=5,
+                max_examples=args.dpo_pairs, lr=1e-4, beta=0.1, dpo_nll=args.dpo_nll, grad_accum=4, max_length=1024,
+                logging_steps=5,
             )  # fmt: skip
             t0 = time.perf_counter()
             metrics = train_dpo(config)
             took = time.perf_counter() - t0
-            print(f"dpo: {metrics['pairs']} pairs, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
-        results |= asyncio.run(evaluate_stage("dpo", embedded_uri(args.model, dpo_dir), args))
+            print(f"{dpo}: {metrics['pairs']} pairs, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
+        results |= asyncio.run(evaluate_stage(dpo, embedded_uri(args.model, dpo_dir), args))
     if (dpo_dir / "pistar.json").exists():
         policy_dir = dpo_dir
 

@@ -280,6 +280,9 @@ def test_dpo_after_sft_is_anchored_to_the_sft_adapter_not_the_base(runs: dict, t
     assert metrics["pairs"] == 3  # max_examples is honoured
     assert metrics["log"][0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert (tmp_path / "dpo" / "adapter_config.json").exists() and not (tmp_path / "dpo" / "ref").exists()
+    # With the NLL term on the chosen reply the first step's loss is log 2 plus that reply's NLL per token.
+    nll = train_dpo(config.model_copy(update={"out": str(tmp_path / "rpo"), "dpo_nll": 1.0}))
+    assert nll["log"][0]["loss"] > math.log(2) + 1.0
 
 
 def test_grpo_advantages_match_hand_computed_values() -> None:

@@ -25,7 +25,10 @@ def train_dpo(config: TrainConfig) -> dict[str, Any]:
     if config.max_examples is not None and config.max_examples < len(train):
         train = train.select(subset(train, config.max_examples, config.seed, config.balance))
     model, tokenizer, base = load_policy(config)
-    args = trl_args(config, DPOConfig, out, beta=config.beta, max_length=config.max_length)
+    # DPO alone may lower the chosen reply along with the rejected one (on lopsided pairs it lowered an action
+    # everywhere); TRL's "sft" loss beside "sigmoid" keeps the chosen reply likely.
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.dpo_nll]} if config.dpo_nll > 0 else {}
+    args = trl_args(config, DPOConfig, out, beta=config.beta, max_length=config.max_length, **losses)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
     metrics: dict[str, Any] = {"pairs": len(train)}

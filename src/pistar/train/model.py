@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     balance: bool = False  # draw that subset evenly over the actions, so a rare one (pick up, submit) is not drowned
     logging_steps: int = 5
     beta: float = 0.1  # DPO temperature
+    dpo_nll: float = 0.0  # DPO: weight of an NLL term on the chosen reply (RPO), so it cannot lose likelihood too
     # online RL (grpo, ppo)
     suite: str = ""  # a suite name or YAML: the training tasks and their seeds
     iterations: int = Field(10, ge=1)
