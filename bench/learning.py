@@ -43,10 +43,11 @@ KINDS = ("goto", "pickup")
 STAGES = ("base", "sft", "dagger", "dpo", "grpo")
 
 
-def stage_order(label: str) -> tuple[int, str]:
-    """Stages in training order, each followed by its +reflector row."""
-    stage, _, extra = label.partition("+")
-    return (STAGES.index(stage) if stage in STAGES else len(STAGES), extra)
+def stage_order(label: str) -> tuple[int, str, bool]:
+    """Stages in training order (dpo before its variant dpo+nll), each followed by its +reflector row."""
+    stage = label.partition("+")[0]
+    policy = label.removesuffix("+reflector")
+    return (STAGES.index(stage) if stage in STAGES else len(STAGES), policy, policy != label)
 
 
 def suite(seeds: int, start: int, max_steps: int) -> Suite:
