@@ -110,3 +110,20 @@ async def test_hf_backend_constrained_and_token_exact() -> None:
     assert model.tokenizer.decode(c.completion_ids, skip_special_tokens=True) == c.text
     assert len(c.logprobs) == len(c.completion_ids) and all(lp <= 0 for lp in c.logprobs)
     assert json.loads(c.text)  # constrained: valid JSON even from a 0.5B model
+
+
+@pytest.mark.slow
+async def test_hf_backend_prefills_the_system_prompt_once_and_replies_the_same() -> None:
+    """The system message's keys and values are computed once per instance and reused by every later call with
+    it; the replies and their log-probs are those of prefilling every prompt in full."""
+    require(SMALL)
+    model = load_model(f"hf:{SMALL}")
+    second = {"role": "user", "content": "The red ball is 1 step right. Valid actions: " + ", ".join(SPACE.env_actions)}
+    conversations = [MESSAGES, [MESSAGES[0], second], [{"role": "user", "content": "hi"}]]
+    cached = [await model.complete(m, schema=SPACE.schema(), max_tokens=24) for m in conversations]
+    assert len(model._prefixes) == 1  # one system message, computed once; the last call has none
+    model._system_cache = lambda *_: None  # the same weights, every prompt prefilled in full
+    full = [await model.complete(m, schema=SPACE.schema(), max_tokens=24) for m in conversations]
+    for c, f in zip(cached, full, strict=True):
+        assert c.prompt_ids == f.prompt_ids and c.completion_ids == f.completion_ids
+        assert c.logprobs == pytest.approx(f.logprobs, abs=1e-3)

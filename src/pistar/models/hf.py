@@ -101,6 +101,30 @@ class HFModel(Model):
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self._lock = threading.Lock()  # one generate at a time: torch already uses every core
         self._ll_tokenizer: Any = None
+        self._prefixes: dict[tuple[int, ...], Any] = {}  # system prompt ids -> their keys and values
+
+    def _system_cache(self, messages: list[dict[str, Any]], prompt_ids: list[int]) -> Any:
+        """A copy of the keys and values of the system message, which every call of an agent repeats: computed
+        once per instance, so each generate prefills only the rest of the prompt (most of an agent's prompt is its
+        system message). The weights must not change while an instance lives; the RL trainer makes a new one for
+        every iteration's rollouts."""
+        import copy
+
+        import torch
+
+        if self.vision or len(messages) < 2 or messages[0].get("role") != "system":
+            return None
+        enc = self.tokenizer.apply_chat_template(messages[:1], tokenize=True)
+        ids = tuple(enc["input_ids"] if hasattr(enc, "keys") else enc)
+        if len(ids) >= len(prompt_ids) or tuple(prompt_ids[: len(ids)]) != ids:
+            return None  # a template that renders the system message differently inside a conversation
+        if ids not in self._prefixes:
+            if len(self._prefixes) >= 4:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+            self._prefixes[ids] = out.cache
+        return copy.deepcopy(self._prefixes[ids])
 
     def _constraint(self, schema: dict[str, Any]) -> Any:
         """A logits processor that masks every token the JSON schema forbids (llguidance), or None."""
@@ -156,11 +180,12 @@ class HFModel(Model):
         processors = LogitsProcessorList()
         if schema is not None and (p := self._constraint(schema)) is not None:
             processors.append(p)
-        if seed is not None:
-            torch.manual_seed(seed)
         with self._lock, torch.no_grad():
+            if seed is not None:  # under the lock: concurrent callers must not reseed each other's sampling
+                torch.manual_seed(seed)
             out = self.model.generate(
                 **enc,
+                cache=self._system_cache(messages, prompt_ids),
                 max_new_tokens=max_tokens,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
