@@ -13,8 +13,8 @@ Stages (each a directory under --out; rerunning skips what is done, so an interr
   dpo       DPO from the SFT adapter on the same relabelled states as preference pairs (the bot's action chosen,
             the policy's rejected), anchored to the SFT policy: where SFT needs a whole new target, DPO only has to
             push one action below another at the states where the policy went wrong.
-  grpo      online GRPO from the last adapter (dpo, else dagger, else sft) on the training seeds, then evaluated on
-            the test seeds
+  grpo      online GRPO from the SFT adapter (--grpo-from dagger or dpo: from theirs) on the training seeds, then
+            evaluated on the test seeds
 Prints a table (success per kind and stage) and writes learning.png (bars per stage, GRPO's reward curve).
 
     .venv/bin/python bench/learning.py --out runs/learning
@@ -153,6 +153,8 @@ def main() -> None:
     p.add_argument("--dpo-epochs", type=float, default=1.0)
     p.add_argument("--dpo-nll", type=float, default=0.0, help="weight of an NLL term on the chosen reply (RPO)")
     p.add_argument("--grpo-iterations", type=int, default=8)
+    p.add_argument("--grpo-lr", type=float, default=5e-5)
+    p.add_argument("--grpo-from", choices=("sft", "dagger", "dpo"), default="sft", help="the adapter GRPO continues")
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--reflector", action="store_true", help="also evaluate each stage with the action reflector")
     args = p.parse_args()
@@ -177,14 +179,11 @@ def main() -> None:
             sft(args, args.model, data, sft_dir, args.sft_examples, 2e-4, epochs=args.sft_epochs)
         results |= asyncio.run(evaluate_stage("sft", embedded_uri(args.model, sft_dir), args))
 
-    policy_dir = sft_dir
     dagger_dir = args.out / "dagger"
     if "dagger" in stages:
         if not (dagger_dir / "pistar.json").exists():
             sft(args, str(sft_dir), corrections(args, sft_dir), dagger_dir, args.dagger_examples, 1e-4)
         results |= asyncio.run(evaluate_stage("dagger", embedded_uri(args.model, dagger_dir), args))
-    if (dagger_dir / "pistar.json").exists():
-        policy_dir = dagger_dir
 
     dpo = "dpo+nll" if args.dpo_nll else "dpo"  # each variant is a stage of its own, trained and evaluated apart
     dpo_dir = args.out / dpo.replace("+", "_")
@@ -202,10 +201,10 @@ def main() -> None:
             took = time.perf_counter() - t0
             print(f"{dpo}: {metrics['pairs']} pairs, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
         results |= asyncio.run(evaluate_stage(dpo, embedded_uri(args.model, dpo_dir), args))
-    if (dpo_dir / "pistar.json").exists():
-        policy_dir = dpo_dir
 
-    grpo_dir = args.out / "grpo"
+    start = {"sft": sft_dir, "dagger": dagger_dir, "dpo": dpo_dir}[args.grpo_from]
+    grpo = "grpo" if args.grpo_from == "sft" else f"{args.grpo_from}+grpo"
+    grpo_dir = args.out / grpo.replace("+", "_")
     curve: list[dict] = []
     if "grpo" in stages:
         if not (grpo_dir / "pistar.json").exists():
@@ -213,22 +212,23 @@ def main() -> None:
 
             (args.out / "train_suite.yaml").write_text(json.dumps(train.to_dict()))
             config = TrainConfig(
-                model=str(policy_dir),
+                model=str(start),
                 out=str(grpo_dir),
                 suite=str(args.out / "train_suite.yaml"),
                 iterations=args.grpo_iterations,
                 tasks_per_iter=2,
                 group_size=4,
                 temperature=1.0,
-                lr=2e-5,
+                lr=args.grpo_lr,
                 history=args.history,
                 max_tokens=48,
                 kl_coef=0.04,
                 minibatch=16,
+                rollout_model="embedded",  # llama.cpp with the adapter as GGUF: rollouts at eval speed
             )
             train_rl(config, "grpo", on_iteration=lambda r: print("grpo", json.dumps(r), flush=True))
         curve = [json.loads(line) for line in (grpo_dir / "log.jsonl").read_text().splitlines()]
-        results |= asyncio.run(evaluate_stage("grpo", embedded_uri(args.model, grpo_dir), args))
+        results |= asyncio.run(evaluate_stage(grpo, embedded_uri(args.model, grpo_dir), args))
 
     # Rerunning some stages keeps the others' rows: every stage is evaluated in its own directory anyway.
     saved = args.out / "results.json"

@@ -21,6 +21,7 @@ from pistar.train.data import Filters, build, split_of
 from pistar.train.model import TrainConfig, tiny_qwen2, tokenize_example
 from pistar.train.rl import (
     RLTrainer,
+    batch_logprobs,
     clipped_surrogate,
     completion_logprobs,
     gae,
@@ -195,6 +196,39 @@ def test_rl_turn_loss_gives_prompt_tokens_zero_gradient(tiny: Path) -> None:
     assert float(grad[: start - 1].sum()) == 0.0 and bool((grad[start - 1 : -1] > 0).all())
 
 
+def test_batched_turns_share_their_prompt_prefix_and_match_one_pass_each(tiny: Path) -> None:
+    """The batched pass (common prefix once, right-padded rows) gives each turn the log-probs, entropies, value
+    state and gradient of a pass of its own, while embedding fewer tokens than the separate passes."""
+    from pistar.train.model import load_policy, load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    model, _, _ = load_policy(TrainConfig(model=str(tiny), lora=False))
+    system = {"role": "system", "content": "You act in a grid world. " * 12}
+    pairs = []
+    for see, reply in [("a red ball", "go forward"), ("a wall 1 step forward", "turn left"), ("a key", "pick up it")]:
+        ids, start = tokenize_example(tok, [system, {"role": "user", "content": f"You see {see}."}], reply)
+        pairs.append((ids[:start], ids[start:]))
+    embedded: list[int] = []
+    model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: embedded.append(inputs[0].numel()))
+
+    def grads(outputs: list[tuple[Any, Any, Any]]) -> list[Any]:
+        model.zero_grad()
+        sum(logp.sum() + h.sum() for logp, _, h in outputs).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    alone = [completion_logprobs(model, p, c, hidden=True) for p, c in pairs]
+    tokens_alone, embedded[:] = sum(embedded), []
+    batched = batch_logprobs(model, pairs, hidden=True)
+    assert sum(embedded) < tokens_alone * 0.6  # the ~70-token system prompt ran once, not three times
+    for (logp, entropy, h), (logp_b, entropy_b, h_b), (_, completion) in zip(alone, batched, pairs, strict=True):
+        assert logp.shape == (len(completion),)
+        torch.testing.assert_close(logp_b, logp, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(entropy_b, entropy, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(h_b, h, atol=1e-5, rtol=1e-4)
+    for g_b, g in zip(grads(batched), grads(alone), strict=True):
+        torch.testing.assert_close(g_b, g, atol=1e-5, rtol=1e-3)
+
+
 def test_sft_loss_falls_and_the_model_loads_back_into_the_hf_backend(runs: dict, tiny: Path, tmp_path: Path) -> None:
     from pistar.models import load_model
     from pistar.train.sft import train_sft
@@ -363,6 +397,46 @@ def test_online_rl_through_the_agent_loop_resumes_and_reports_equal_groups(
     log = [json.loads(line) for line in (tmp_path / algo / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [0, 1] and [r["iteration"] for r in second] == [1]
     assert (tmp_path / algo / "adapter_config.json").exists() and (tmp_path / algo / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_embedded_rollouts_sample_the_policy_being_trained(tmp_path: Path) -> None:
+    """rollout_model=embedded: the adapter, far from zero, is exported to GGUF and loaded into llama.cpp, whose
+    log-probs of what it sampled agree with the trained model's own, and not with the base model's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pistar.models.hf import resolve_target
+    from pistar.train.model import load_tokenizer
+
+    require(SMALL)
+    lora = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_target(SMALL)), lora)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)  # far from the base, still a language model
+    adapter.save_pretrained(tmp_path / "start")
+    load_tokenizer(SMALL).save_pretrained(tmp_path / "start")
+    (tmp_path / "start" / "pistar.json").write_text(json.dumps({"base": SMALL}))
+    (tmp_path / "suite.yaml").write_text(json.dumps(suite("babyai/GoToLocal", 2, 3).to_dict()))
+    config = TrainConfig(
+        model=str(tmp_path / "start"), out=str(tmp_path / "grpo"), suite=str(tmp_path / "suite.yaml"),
+        tasks_per_iter=1, group_size=2, max_tokens=24, history=0, rollout_model="embedded",
+    )  # fmt: skip
+    trainer = RLTrainer(config, "grpo")
+    groups = asyncio.run(trainer.rollouts(0))
+    assert [len(g) for g in groups] == [2]
+    calls = [call for g in groups for traj in g for _, call in trainer._trainable(traj)]
+    turns = [turn for g in groups for traj in g for turn, _ in trainer._turns(traj)]
+    assert len(turns) == len(calls) >= 4 and all(c.completion_logprobs for c in calls)
+    served = torch.tensor([lp for c in calls for lp in c.completion_logprobs])
+    trained = torch.cat([logp for logp, _, _ in trainer._logprobs(turns)])
+    with trainer.model.disable_adapter():
+        base = torch.cat([logp for logp, _, _ in trainer._logprobs(turns)])
+    near, far = (served - trained).abs().mean(), (served - base).abs().mean()
+    assert near < 0.15 and far > 4 * near, (near, far)
+    assert (tmp_path / "grpo" / "rollout_adapter" / "adapter.gguf").exists()
 
 
 def test_grpo_spends_no_update_on_a_group_whose_returns_are_all_equal(tiny: Path, tmp_path: Path) -> None:

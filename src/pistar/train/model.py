@@ -61,6 +61,7 @@ class TrainConfig(BaseModel):
     clip: float = 0.2
     ppo_epochs: int = Field(1, ge=1)
     minibatch: int = Field(8, ge=1)  # turns per optimizer step
+    micro_batch: int = Field(8, ge=1)  # turns per forward pass; they share one pass over their common prompt prefix
     scale_rewards: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO)
     skip_equal_groups: bool = True  # GRPO: a group with equal returns has zero advantage; don't spend an update on it
     gamma: float = 1.0
@@ -68,7 +69,7 @@ class TrainConfig(BaseModel):
     vf_coef: float = 0.5
     value_clip: float = 0.2
     invalid_penalty: float = 0.0  # added to the episode return per invalid reply
-    rollout_model: str = "policy"  # policy (the trained model in-process) or an openai: URI of a vLLM server
+    rollout_model: str = "policy"  # policy (in-process), embedded (llama.cpp + the LoRA as GGUF), openai:... (vLLM)
 
 
 def load_train_config(spec: str | None, **overrides: Any) -> TrainConfig:
@@ -145,10 +146,17 @@ def save_policy(model: Any, tokenizer: Any, base: str, out: Path, extra: dict[st
     return out
 
 
+def embeddable(base: str) -> bool:
+    """Whether a LoRA on `base` runs in the embedded backend: a catalog model whose GGUF is on disk."""
+    from pistar.models import weights
+
+    return base in weights.CATALOG and weights.is_pulled(base)
+
+
 def _export_gguf(adapter: Path, base: str) -> str | None:
     from pistar.models import weights
 
-    if base not in weights.CATALOG or not weights.is_pulled(base):
+    if not embeddable(base):
         return None
     try:
         from pistar.train.export import export_lora_gguf

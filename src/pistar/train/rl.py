@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pistar.train.model import TrainConfig, is_adapter, load_policy, save_policy
+from pistar.train.model import TrainConfig, embeddable, is_adapter, load_policy, save_policy
 
 
 @dataclass
@@ -94,20 +94,61 @@ def kl_k3(logp: Any, ref_logp: Any) -> Any:
 
 def completion_logprobs(model: Any, prompt_ids: list[int], completion_ids: list[int], hidden: bool = False) -> Any:
     """Log-probs of the completion tokens under `model`, their entropies, and (for PPO) the last prompt token's
-    final hidden state. Logits are taken only where they predict completion tokens."""
+    final hidden state."""
+    return batch_logprobs(model, [(prompt_ids, completion_ids)], hidden)[0]
+
+
+def batch_logprobs(
+    model: Any, pairs: list[tuple[list[int], list[int]]], hidden: bool = False
+) -> list[tuple[Any, Any, Any]]:
+    """`completion_logprobs` of several (prompt, completion) pairs in one forward pass. The prompts' common prefix
+    (system prompt, action space: most of an agent's prompt) runs once and its keys and values serve every row,
+    gradient included, so the pass costs the prefix once plus each row's own tokens. The LM head (a 151k-token
+    vocabulary on Qwen) runs only at the positions that predict completion tokens."""
     import torch
 
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids + completion_ids], device=device)
-    out = model(input_ids=ids, output_hidden_states=hidden, use_cache=False)
-    start = len(prompt_ids)
-    logits = out.logits[0, start - 1 : -1].float()
-    logp_all = torch.log_softmax(logits, -1)
-    target = ids[0, start:]
-    logp = logp_all.gather(-1, target[:, None])[:, 0]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    h = out.hidden_states[-1][0, start - 1] if hidden else None
-    return logp, entropy, h
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body, head = causal.get_decoder(), causal.get_output_embeddings()
+    device = head.weight.device
+    prompts = [p for p, _ in pairs]
+    shared = 0
+    if len(pairs) > 1:  # every row keeps at least one prompt token: its last one predicts the first reply token
+        limit = min(map(len, prompts)) - 1
+        while shared < limit and all(p[shared] == prompts[0][shared] for p in prompts):
+            shared += 1
+    cache = None
+    if shared:
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        cache = body(input_ids=prefix, use_cache=True).cache
+        cache.batch_repeat_interleave(len(pairs))
+    rows = [p[shared:] + c for p, c in pairs]
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), shared + width, dtype=torch.long, device=device)
+    mask[:, :shared] = 1
+    for i, r in enumerate(rows):  # right padding: a pad position still sees the real tokens before it
+        ids[i, : len(r)] = torch.tensor(r, device=device)
+        mask[i, shared : shared + len(r)] = 1
+    positions = torch.arange(shared, shared + width, device=device).expand(len(rows), -1)
+    states = body(
+        input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None
+    ).last_hidden_state
+    out = []
+    for i, (r, (_, completion)) in enumerate(zip(rows, pairs, strict=True)):
+        start = len(r) - len(completion)  # row position of the first completion token
+        logp_all = torch.log_softmax(head(states[i, start - 1 : len(r) - 1]).float(), -1)
+        target = ids[i, start : len(r)]
+        logp = logp_all.gather(-1, target[:, None])[:, 0]
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        out.append((logp, entropy, states[i, start - 1] if hidden else None))
+    return out
+
+
+def by_prompt(turns: list[Turn], size: int) -> list[list[Turn]]:
+    """Turns in chunks of `size` for `batch_logprobs`, sorted by prompt so that a chunk's rows share the longest
+    prefix (turns of one episode share the task and the early observations)."""
+    ordered = sorted(turns, key=lambda t: t.prompt_ids)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 class RLTrainer:
@@ -120,10 +161,13 @@ class RLTrainer:
             raise ValueError("online RL needs the tasks it plays: set suite=NAME or suite=FILE.yaml")
         if algo == "grpo" and config.group_size < 2:
             raise ValueError("GRPO compares episodes within a group: set group_size=2 or more (4 is usual)")
-        if config.rollout_model != "policy" and not (config.rollout_model.startswith("openai:") and config.lora):
+        if config.rollout_model not in ("policy", "embedded") and not (
+            config.rollout_model.startswith("openai:") and config.lora
+        ):
             raise ValueError(
-                f"rollout_model={config.rollout_model!r}: use 'policy' (the trained model in this process) or "
-                "openai:BASE@URL of a vLLM server started with --enable-lora (LoRA training only)"
+                f"rollout_model={config.rollout_model!r}: use 'policy' (the trained model in this process), "
+                "'embedded' (llama.cpp, LoRA on a catalog model) or openai:BASE@URL of a vLLM server started with "
+                "--enable-lora (LoRA training only)"
             )
         from pistar.suites import load_suite
 
@@ -137,6 +181,11 @@ class RLTrainer:
         if is_adapter(resume):
             config = config.model_copy(update={"model": str(resume)})
         self.model, self.tokenizer, self.base = load_policy(config)
+        if config.rollout_model == "embedded" and not (hasattr(self.model, "peft_config") and embeddable(self.base)):
+            raise ValueError(
+                f"rollout_model=embedded needs a LoRA on a catalog model that is on disk, not {self.base!r} "
+                "(pistar models list); use rollout_model=policy"
+            )
         self.reference = "adapter_off"
         if start_adapter is not None and hasattr(self.model, "load_adapter"):
             # Continuing an SFT adapter: the reference is that adapter as it was, kept frozen beside the trained one.
@@ -174,7 +223,8 @@ class RLTrainer:
         return [self.episodes[(iteration * n + i) % len(self.episodes)] for i in range(n)]
 
     async def rollouts(self, iteration: int) -> list[list[Any]]:
-        """Groups of trajectories: group_size episodes per task, sampled with seeds fixed by (iteration, task, k)."""
+        """Groups of trajectories: group_size episodes per task, sampled with seeds fixed by (iteration, task, k).
+        The episodes run concurrently (a server batches them; the in-process policy takes them in turn)."""
         from pistar.agent import Budget, LLMAgent, run_episode
         from pistar.envs import make_env
         from pistar.models.hf import HFModel
@@ -182,32 +232,56 @@ class RLTrainer:
         self.model.eval()
         if self.config.rollout_model == "policy":
             policy: Any = HFModel(f"policy:{self.config.out}", model=self.model, tokenizer=self.tokenizer)
+        elif self.config.rollout_model == "embedded":
+            policy = self.embedded_policy(iteration)
         else:
             policy = await self.sync_server(iteration)
-        groups = []
         tasks = self.tasks(iteration)
-        for i, episode in enumerate(tasks):
-            group = []
-            for k in range(self.config.group_size):
-                self._progress(f"episode {i * self.config.group_size + k + 1}/{len(tasks) * self.config.group_size}")
-                seed = zlib.crc32(f"{self.config.seed}:{iteration}:{episode.env_id}:{episode.seed}:{k}".encode())
-                env = make_env(episode.env_id)
-                agent = LLMAgent(
-                    policy,
-                    env.tools(),
-                    history=self.config.history,
-                    max_tokens=self.config.max_tokens,
-                    temperature=self.config.temperature,
-                    constrained=self.config.constrained,
-                    answer=env.accepts_answers,
-                    seed=seed,
-                )
-                try:
-                    group.append(await run_episode(env, agent, episode.seed, Budget(max_steps=episode.max_steps)))
-                finally:
-                    env.close()
-            groups.append(group)
-        return groups
+        total, done = len(tasks) * self.config.group_size, [0]
+
+        async def play(episode: Any, k: int) -> Any:
+            seed = zlib.crc32(f"{self.config.seed}:{iteration}:{episode.env_id}:{episode.seed}:{k}".encode())
+            env = make_env(episode.env_id)
+            agent = LLMAgent(
+                policy,
+                env.tools(),
+                history=self.config.history,
+                max_tokens=self.config.max_tokens,
+                temperature=self.config.temperature,
+                constrained=self.config.constrained,
+                answer=env.accepts_answers,
+                seed=seed,
+            )
+            try:
+                return await run_episode(env, agent, episode.seed, Budget(max_steps=episode.max_steps))
+            finally:
+                env.close()
+                done[0] += 1
+                self._progress(f"episode {done[0]}/{total}")
+
+        try:
+            played = await asyncio.gather(*(play(e, k) for e in tasks for k in range(self.config.group_size)))
+        finally:
+            if self.config.rollout_model == "embedded":
+                policy.close()
+        n = self.config.group_size
+        return [list(played[i * n : (i + 1) * n]) for i in range(len(tasks))]
+
+    def embedded_policy(self, iteration: int) -> Any:
+        """Rollouts at llama.cpp speed: the adapter as it is now, exported to GGUF and loaded beside the catalog
+        model's GGUF, which is the very base it trains on (dequantized), so sampling differs from the trained
+        policy only by llama.cpp's arithmetic. The update recomputes every log-prob under the trained model."""
+        import shutil
+
+        from pistar.models import load_model, weights
+        from pistar.train.export import export_lora_gguf
+
+        where = self.out / "rollout_adapter"
+        shutil.rmtree(where, ignore_errors=True)
+        self.model.save_pretrained(where, selected_adapters=["default"])
+        gguf = export_lora_gguf(where, where / "adapter.gguf", weights.resolve(self.base))
+        slots = min(8, self.config.tasks_per_iter * self.config.group_size)  # every episode of an iteration at once
+        return load_model(f"embedded:{self.base}?lora={gguf}&parallel={slots}&ctx={4096 * slots}")
 
     async def sync_server(self, iteration: int) -> Any:
         """Rollouts on a vLLM server: the current adapter is saved and loaded into the server under a new name
@@ -260,20 +334,30 @@ class RLTrainer:
         enc = self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=True, tokenize=True)
         return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
 
-    def _reference_logp(self, turn: Turn) -> Any:
+    def _logprobs(self, turns: list[Turn], hidden: bool = False, model: Any = None) -> list[tuple[Any, Any, Any]]:
+        """`batch_logprobs` of the turns (under the trained model by default), without gradient, in chunks of
+        micro_batch."""
         import torch
 
+        model = self.model if model is None else model
+        found: dict[int, tuple[Any, Any, Any]] = {}
         with torch.no_grad():
-            if self.reference == "copy":
-                return completion_logprobs(self.ref_model, turn.prompt_ids, turn.completion_ids)[0]
-            if self.reference == "start_adapter":
-                self.model.set_adapter("reference")
-                try:
-                    return completion_logprobs(self.model, turn.prompt_ids, turn.completion_ids)[0]
-                finally:
-                    self.model.set_adapter("default")
+            for chunk in by_prompt(turns, self.config.micro_batch):
+                pairs = [(t.prompt_ids, t.completion_ids) for t in chunk]
+                found.update(zip(map(id, chunk), batch_logprobs(model, pairs, hidden), strict=True))
+        return [found[id(t)] for t in turns]
+
+    def _reference_logps(self, turns: list[Turn]) -> list[Any]:
+        if self.reference == "start_adapter":
+            self.model.set_adapter("reference")
+            try:
+                return [r[0] for r in self._logprobs(turns)]
+            finally:
+                self.model.set_adapter("default")
+        if self.reference == "adapter_off":
             with self.model.disable_adapter():
-                return completion_logprobs(self.model, turn.prompt_ids, turn.completion_ids)[0]
+                return [r[0] for r in self._logprobs(turns)]
+        return [r[0] for r in self._logprobs(turns, model=self.ref_model)]
 
     def build_turns(self, groups: list[list[Any]]) -> tuple[list[Turn], dict[str, Any]]:
         import torch
@@ -301,11 +385,8 @@ class RLTrainer:
                 pairs = self._turns(traj)
                 if not pairs:
                     continue
-                values = []
-                for turn, _ in pairs:
-                    with torch.no_grad():
-                        _, _, h = completion_logprobs(self.model, turn.prompt_ids, turn.completion_ids, hidden=True)
-                        values.append(float(self.value_head(h.float())))
+                states = self._logprobs([turn for turn, _ in pairs], hidden=True)
+                values = [float(self.value_head(h.float()).detach()) for _, _, h in states]
                 step_rewards = [r for _, r in pairs]
                 step_rewards[-1] += self.config.invalid_penalty * traj.invalid_actions
                 advantages, returns = gae(step_rewards, values, c.gamma, c.lam)
@@ -317,12 +398,12 @@ class RLTrainer:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             for t, a in zip(turns, adv.tolist(), strict=True):
                 t.advantage = a
-        for t in turns:
-            if c.kl_coef:
-                t.ref_logp = self._reference_logp(t)
-            if multi_step or len(turns) > c.minibatch:
-                with torch.no_grad():
-                    t.old_logp = completion_logprobs(self.model, t.prompt_ids, t.completion_ids)[0]
+        if c.kl_coef:
+            for t, ref in zip(turns, self._reference_logps(turns), strict=True):
+                t.ref_logp = ref
+        if multi_step or len(turns) > c.minibatch:
+            for t, (old, _, _) in zip(turns, self._logprobs(turns), strict=True):
+                t.old_logp = old
         return turns, {"equal_groups": equal_groups, "groups": len(groups), "skipped_turns": skipped}
 
     def update(self, turns: list[Turn]) -> dict[str, float]:
@@ -332,6 +413,7 @@ class RLTrainer:
         self.model.train()
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipfrac": 0.0, "value_loss": 0.0}
         tokens = 0
+        hidden = self.value_head is not None
         order = list(range(len(turns)))
         for _ in range(c.ppo_epochs):
             random.shuffle(order)
@@ -339,27 +421,27 @@ class RLTrainer:
                 batch = [turns[i] for i in order[start : start + c.minibatch]]
                 n_tokens = sum(len(t.completion_ids) for t in batch)
                 self.optimizer.zero_grad()
-                for t in batch:
-                    logp, entropy, h = completion_logprobs(
-                        self.model, t.prompt_ids, t.completion_ids, hidden=self.value_head is not None
-                    )
-                    old = t.old_logp if t.old_logp is not None else logp.detach()
-                    per_token, clipped = clipped_surrogate(logp, old, torch.tensor(t.advantage), c.clip)
-                    if t.ref_logp is not None:
-                        kl = kl_k3(logp, t.ref_logp)
-                        per_token = per_token + c.kl_coef * kl
-                        sums["kl"] += kl.sum().item()
-                    loss = per_token.sum() / n_tokens  # token-mean over the minibatch
-                    if self.value_head is not None:
-                        v = self.value_head(h.float())[0]
-                        vl = value_loss(v, torch.tensor(t.old_value), torch.tensor(t.ret), c.value_clip)
-                        loss = loss + c.vf_coef * vl / len(batch)
-                        sums["value_loss"] += vl.item()
-                    loss.backward()
+                for chunk in by_prompt(batch, c.micro_batch):
+                    pairs = [(t.prompt_ids, t.completion_ids) for t in chunk]
+                    loss = torch.zeros(())
+                    for t, (logp, entropy, h) in zip(chunk, batch_logprobs(self.model, pairs, hidden), strict=True):
+                        old = t.old_logp if t.old_logp is not None else logp.detach()
+                        per_token, clipped = clipped_surrogate(logp, old, torch.tensor(t.advantage), c.clip)
+                        if t.ref_logp is not None:
+                            kl = kl_k3(logp, t.ref_logp)
+                            per_token = per_token + c.kl_coef * kl
+                            sums["kl"] += kl.sum().item()
+                        loss = loss + per_token.sum() / n_tokens  # token-mean over the minibatch
+                        if self.value_head is not None:
+                            v = self.value_head(h.float())[0]
+                            vl = value_loss(v, torch.tensor(t.old_value), torch.tensor(t.ret), c.value_clip)
+                            loss = loss + c.vf_coef * vl / len(batch)
+                            sums["value_loss"] += vl.item()
+                        sums["entropy"] += entropy.sum().item()
+                        sums["clipfrac"] += clipped.sum().item()
+                        tokens += len(t.completion_ids)
+                    loss.backward()  # once per chunk: the shared prefix is back-propagated once
                     sums["loss"] += loss.item()
-                    sums["entropy"] += entropy.sum().item()
-                    sums["clipfrac"] += clipped.sum().item()
-                    tokens += len(t.completion_ids)
                 torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
                 self.optimizer.step()
         n = max(tokens, 1)
