@@ -252,7 +252,9 @@ def plot(results: dict[str, dict], curve: list[dict], path: Path) -> None:
     for i, kind in enumerate(KINDS):
         rates = [100 * results[s][kind]["success_rate"] for s in stages]
         axes[0].bar([x + i * width for x in range(len(stages))], rates, width, label=kind)
-    axes[0].set_xticks([x + width * (len(KINDS) - 1) / 2 for x in range(len(stages))], stages)
+    axes[0].set_xticks(
+        [x + width * (len(KINDS) - 1) / 2 for x in range(len(stages))], stages, rotation=30, ha="right", fontsize=8
+    )
     axes[0].axhline(80, color="#999", lw=0.8, ls="--")
     axes[0].set_ylim(0, 100)
     axes[0].set_ylabel("test success %")
