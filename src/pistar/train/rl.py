@@ -237,9 +237,10 @@ class RLTrainer:
         else:
             policy = await self.sync_server(iteration)
         tasks = self.tasks(iteration)
-        total, done = len(tasks) * self.config.group_size, [0]
+        total, done = len(tasks) * self.config.group_size, 0
 
         async def play(episode: Any, k: int) -> Any:
+            nonlocal done
             seed = zlib.crc32(f"{self.config.seed}:{iteration}:{episode.env_id}:{episode.seed}:{k}".encode())
             env = make_env(episode.env_id)
             agent = LLMAgent(
@@ -256,8 +257,8 @@ class RLTrainer:
                 return await run_episode(env, agent, episode.seed, Budget(max_steps=episode.max_steps))
             finally:
                 env.close()
-                done[0] += 1
-                self._progress(f"episode {done[0]}/{total}")
+                done += 1
+                self._progress(f"episode {done}/{total}")
 
         try:
             played = await asyncio.gather(*(play(e, k) for e in tasks for k in range(self.config.group_size)))
