@@ -40,6 +40,7 @@ from pistar.train.data import Filters, build  # noqa: E402
 from pistar.train.model import TrainConfig  # noqa: E402
 
 KINDS = ("goto", "pickup")
+SLOTS = "parallel=4&ctx=16384"  # 4 llama.cpp slots of 4096 tokens: a whole 24-step episode fits (--history 24)
 STAGES = ("base", "sft", "dagger", "dpo", "grpo")
 
 
@@ -95,7 +96,7 @@ def embedded_uri(model: str, adapter_dir: Path) -> str:
     """The trained adapter at llama.cpp speed when it was exported to GGUF, else through transformers."""
     meta = json.loads((adapter_dir / "pistar.json").read_text())
     if meta.get("gguf"):
-        return f"embedded:{model}?lora={meta['gguf']}&parallel=4&ctx=8192"
+        return f"embedded:{model}?lora={meta['gguf']}&{SLOTS}"
     return f"hf:{adapter_dir}"
 
 
@@ -105,13 +106,14 @@ def sft(
     from pistar.train.sft import train_sft
 
     config = TrainConfig(
-        model=model, data=str(data), out=str(out), epochs=epochs, max_examples=examples, balance=args.balance,
-        lr=lr, grad_accum=4, max_length=1024, logging_steps=10,
+        model=model, data=str(data), out=str(out), epochs=epochs, max_examples=examples or None, balance=args.balance,
+        lr=lr, grad_accum=4, max_length=4096, logging_steps=10,
     )  # fmt: skip
     t0 = time.perf_counter()
     metrics = train_sft(config)
     took = time.perf_counter() - t0
-    print(f"{out.name}: {metrics['examples']} examples, eval loss {metrics.get('eval_loss')}, {took:.0f} s", flush=True)
+    n, seqs, loss = metrics["examples"], metrics["sequences"], metrics.get("eval_loss")
+    print(f"{out.name}: {n} examples in {seqs} sequences, eval loss {loss}, {took:.0f} s", flush=True)
 
 
 def corrections(args: argparse.Namespace, sft_dir: Path) -> Path:
@@ -142,10 +144,10 @@ def main() -> None:
     p.add_argument("--train-seeds", type=int, default=60)
     p.add_argument("--test-seeds", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=24)
-    p.add_argument("--history", type=int, default=0)
+    p.add_argument("--history", type=int, default=0, help="past turns in the prompt (24: the whole episode)")
     p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--sft-epochs", type=float, default=1.0)
-    p.add_argument("--sft-examples", type=int, default=300)
+    p.add_argument("--sft-examples", type=int, default=300, help="0: all of them")
     p.add_argument("--balance", action="store_true", help="SFT subsets drawn evenly over the actions")
     p.add_argument("--dagger-seeds", type=int, default=20, help="training seeds per kind the SFT policy plays")
     p.add_argument("--dagger-examples", type=int, default=240)
@@ -171,7 +173,7 @@ def main() -> None:
         print("data:", summary.get("sft_split"), flush=True)
 
     if "base" in stages:
-        results |= asyncio.run(evaluate_stage("base", f"embedded:{args.model}?parallel=4&ctx=8192", args))
+        results |= asyncio.run(evaluate_stage("base", f"embedded:{args.model}?{SLOTS}", args))
 
     sft_dir = args.out / "sft"
     if "sft" in stages:
@@ -193,7 +195,7 @@ def main() -> None:
 
             config = TrainConfig(
                 model=str(sft_dir), data=str(corrections(args, sft_dir)), out=str(dpo_dir), epochs=args.dpo_epochs,
-                max_examples=args.dpo_pairs, lr=1e-4, beta=0.1, dpo_nll=args.dpo_nll, grad_accum=4, max_length=1024,
+                max_examples=args.dpo_pairs, lr=1e-4, beta=0.1, dpo_nll=args.dpo_nll, grad_accum=4, max_length=4096,
                 logging_steps=5,
             )  # fmt: skip
             t0 = time.perf_counter()

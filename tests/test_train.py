@@ -181,6 +181,37 @@ def test_sft_gradient_on_environment_and_tool_tokens_is_exactly_zero(tiny: Path,
     assert "Result of calculator" in tok.decode(ids[:start])  # the tool output really was in the masked part
 
 
+def test_an_episode_kept_in_its_prompt_trains_as_one_sequence_with_the_loss_of_its_calls(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """A teacher that keeps its whole episode in the prompt: its calls merge into one sequence per episode, whose
+    labelled tokens and summed log-likelihood are exactly those of one example per call."""
+    from pistar.train.model import load_policy, load_tokenizer
+    from pistar.train.sft import load_dataset_dir, tokenized
+
+    asyncio.run(evaluate(suite("babyai/GoToLocal", 3, 12), AgentSpec(kind="teacher", history=12), tmp_path / "t"))
+    build([tmp_path / "t"], tmp_path / "ds", Filters(success=True), pairs=False, validation=0.0)
+    rows = load_dataset_dir(str(tmp_path / "ds"), "sft")["train"]
+    tok = load_tokenizer(str(tiny))
+    merged, dropped = tokenized(rows, tok, 4096)
+    assert dropped == 0 and len(merged) == len(set(rows["episode"])) == 3 and len(rows) > 6
+    model, _, _ = load_policy(TrainConfig(model=str(tiny), lora=False))
+
+    def loglik(ids: list[int], labels: list[int]) -> tuple[float, int]:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        target = torch.tensor(labels[1:])
+        keep = target != -100
+        return float(logp[keep].gather(-1, target[keep, None]).sum()), int(keep.sum())
+
+    apart = [tokenize_example(tok, r["messages"], r["completion"]) for r in rows]
+    apart_ll = [loglik(ids, [-100] * start + ids[start:]) for ids, start in apart]
+    merged_ll = [loglik(r["input_ids"], r["labels"]) for r in merged]
+    assert sum(n for _, n in merged_ll) == sum(n for _, n in apart_ll)
+    assert sum(len(r["input_ids"]) for r in merged) < 0.5 * sum(len(ids) for ids, _ in apart)
+    assert math.isclose(sum(x for x, _ in merged_ll), sum(x for x, _ in apart_ll), rel_tol=1e-4)
+
+
 def test_rl_turn_loss_gives_prompt_tokens_zero_gradient(tiny: Path) -> None:
     from pistar.train.model import load_policy, load_tokenizer
 

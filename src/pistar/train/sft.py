@@ -2,7 +2,8 @@
 
 Each example is one model call: the prompt the agent saw (system prompt, environment and tool text, earlier turns)
 and the reply. We tokenize with the chat template ourselves and set every prompt token's label to -100, so the loss
-and its gradient come only from the model's own tokens, never from what the environment or a tool wrote.
+and its gradient come only from the model's own tokens, never from what the environment or a tool wrote. The
+calls of an agent that keeps its episode in the prompt are trained as one sequence per episode (`chains`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,43 @@ from pistar.train.model import TrainConfig, load_policy, save_policy, tokenize_e
 
 
 def tokenized(dataset: Any, tokenizer: Any, max_length: int) -> tuple[Any, int]:
-    """input_ids + labels (prompt masked); examples longer than max_length are dropped, not cut (a cut prompt
-    loses the task, a cut reply teaches an unfinished JSON) — the count is returned so it is reported."""
+    """input_ids + labels (prompt masked), one sequence per chain of calls that extend each other (see `chains`);
+    a call longer than max_length is dropped, not cut (a cut prompt loses the task, a cut reply teaches an
+    unfinished JSON) — the count is returned so it is reported."""
+    from datasets import Dataset
 
-    def encode(example: dict[str, Any]) -> dict[str, Any]:
-        ids, start = tokenize_example(tokenizer, example["messages"], example["completion"])
-        return {"input_ids": ids, "labels": [-100] * start + ids[start:]}
+    rows = dataset.to_list()
+    encoded = [tokenize_example(tokenizer, r["messages"], r["completion"]) for r in rows]
+    fits = [i for i, (ids, _) in enumerate(encoded) if len(ids) <= max_length]
+    sequences = []
+    for chain in chains([rows[i] for i in fits], [encoded[i] for i in fits]):
+        ids = chain[-1][0]
+        labels = [-100] * len(ids)
+        for turn, start in chain:
+            labels[start : len(turn)] = turn[start:]
+        sequences.append({"input_ids": ids, "labels": labels})
+    return Dataset.from_list(sequences), len(rows) - len(fits)
 
-    out = dataset.map(encode, remove_columns=dataset.column_names)
-    kept = out.filter(lambda e: len(e["input_ids"]) <= max_length)
-    return kept, len(out) - len(kept)
+
+def chains(rows: list[dict[str, Any]], encoded: list[tuple[list[int], int]]) -> list[list[tuple[list[int], int]]]:
+    """Calls of one episode and role whose token ids each extend the one before (an agent keeping its history in
+    the prompt) become one sequence that trains every reply once. The loss is that of one example per call, since
+    each reply sees exactly the context of its own call, but the shared history is computed once: an episode of
+    n turns costs its length, not n prompts. A call that extends nothing starts a sequence of its own."""
+    groups: dict[Any, list[tuple[int, tuple[list[int], int]]]] = {}
+    for i, (row, enc) in enumerate(zip(rows, encoded, strict=True)):
+        key = (row["episode"], row.get("role")) if row.get("episode") is not None else i
+        groups.setdefault(key, []).append((row.get("step") or 0, enc))
+    out: list[list[tuple[list[int], int]]] = []
+    for calls in groups.values():
+        chain: list[tuple[list[int], int]] = []
+        for _, (ids, start) in sorted(calls, key=lambda c: c[0]):
+            if chain and ids[: len(chain[-1][0])] != chain[-1][0]:
+                out.append(chain)
+                chain = []
+            chain.append((ids, start))
+        out.append(chain)
+    return out
 
 
 def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
@@ -81,6 +109,7 @@ def train_sft(config: TrainConfig) -> dict[str, Any]:
     train = data["train"]
     if config.max_examples is not None and config.max_examples < len(train):
         train = train.select(subset(train, config.max_examples, config.seed, config.balance))
+    examples = len(train)
     train, dropped = tokenized(train, tokenizer, config.max_length)
     if len(train) == 0:
         raise ValueError(f"{config.data}: no training example fits max_length={config.max_length}")
@@ -88,7 +117,7 @@ def train_sft(config: TrainConfig) -> dict[str, Any]:
     args = trl_args(config, SFTConfig, out, max_length=None, eval_strategy="no")
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
-    metrics: dict[str, Any] = {"examples": len(train), "dropped_too_long": dropped}
+    metrics: dict[str, Any] = {"examples": examples - dropped, "sequences": len(train), "dropped_too_long": dropped}
     if evalset is not None and len(evalset):
         metrics["eval_loss"] = trainer.evaluate(evalset)["eval_loss"]
     metrics["log"] = [e for e in trainer.state.log_history if "loss" in e]
