@@ -230,6 +230,19 @@ def test_agent_config_files_and_inline_and_their_errors(tmp_path: Path) -> None:
         load_config(str(bad))
 
 
+def test_a_reply_limit_given_to_the_agent_spec_reaches_the_team_too() -> None:
+    from pistar.evaluate import AgentSpec
+    from pistar.suites import Episode
+
+    env, episode, model = BabyAIEnv("GoToLocal"), Episode("babyai/GoToLocal", 0, 8), RoleScript(["go forward"])
+    limits = {
+        (team, tokens): AgentSpec(team=team, max_tokens=tokens).policy(env, episode, model).max_tokens
+        for team in (None, "reasoning=cot")
+        for tokens in (None, 48)
+    }
+    assert limits == {(None, None): 160, (None, 48): 48, ("reasoning=cot", None): 320, ("reasoning=cot", 48): 48}
+
+
 async def test_the_full_team_with_the_real_small_model_records_every_role(small_model: Model, tmp_path: Path) -> None:
     config = load_config("agents/team.yaml").model_copy(update={"memory": str(tmp_path / "memory.sqlite")})
     agent = TeamAgent(small_model, config=config, memory=LongTermMemory(config.memory), seed=1)

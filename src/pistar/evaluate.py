@@ -58,7 +58,7 @@ class AgentSpec:
     model: str = DEFAULT_URI
     temperature: float = 0.7
     history: int = 4
-    max_tokens: int = 160
+    max_tokens: int | None = None  # per reply; None: the agent's own (160, 320 when it reasons first)
     constrained: bool = True
     tools: list[str] = field(default_factory=list)  # calculator, python, search:FOLDER, image
     mcp: list[str] = field(default_factory=list)
@@ -121,6 +121,7 @@ class AgentSpec:
             return RandomAgent(episode_seed)
         assert model is not None
         team = self.team_config()
+        reply = {} if self.max_tokens is None else {"max_tokens": self.max_tokens}
         if team is not None:
             from pistar.memory import LongTermMemory
             from pistar.team import TeamAgent
@@ -135,16 +136,17 @@ class AgentSpec:
                 constrained=self.constrained,
                 answer=env.accepts_answers,
                 seed=episode_seed,
+                **reply,
             )
         return LLMAgent(
             model,
             tools,
             history=self.history,
-            max_tokens=self.max_tokens,
             temperature=self.temperature,
             constrained=self.constrained,
             answer=env.accepts_answers,
             seed=episode_seed,
+            **reply,
         )
 
     def budget(self, episode: Episode) -> Budget:
