@@ -83,6 +83,8 @@ class AgentSpec:
         """What must match for a rerun to resume a run rather than mix two experiments in one table."""
         d = asdict(self)
         d["team"] = self.team_config().model_dump() if self.team else None
+        if d["max_tokens"] is None:  # as runs recorded it when 160 was the spec's default: they still resume
+            d["max_tokens"] = 160
         if self.kind != "llm":
             for k in ("model", "temperature", "max_tokens", "constrained"):
                 d.pop(k)
