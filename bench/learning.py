@@ -105,11 +105,13 @@ def sft(
 ) -> None:
     from pistar.train.sft import train_sft
 
-    # With history an episode is one sequence of ~5 replies (sft.chains): one per step keeps the replies per
-    # optimizer step near those of 4 single calls, and the number of steps up.
+    # With the whole episode in the prompt an episode is one sequence of ~5 replies (sft.chains): one per step keeps
+    # the replies per optimizer step near those of 4 single calls, and the number of steps up. A shorter window
+    # slides, so its calls mostly stay single sequences.
+    whole = args.history >= args.max_steps
     config = TrainConfig(
         model=model, data=str(data), out=str(out), epochs=epochs, max_examples=examples or None, balance=args.balance,
-        lr=lr, grad_accum=1 if args.history else 4, max_length=4096, logging_steps=10,
+        lr=lr, grad_accum=1 if whole else 4, max_length=4096, logging_steps=10,
     )  # fmt: skip
     t0 = time.perf_counter()
     metrics = train_sft(config)
