@@ -40,6 +40,7 @@ async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[
         config = f"agents/{cfg}.yaml"
         if team.memory:  # a memory of its own per suite and configuration, warmed up on other seeds
             config += f",memory={out / 'memory.sqlite'}"
+        if team.memory and args.warmup:  # --warmup 0: the memory starts empty and fills during the eval itself
             warm = _subset(load_suite(name).with_seeds(args.warmup, 1000), args)
             spec = AgentSpec(model=args.model, team=config)
             await evaluate(warm, spec, out / "warmup", concurrency=args.concurrency, model=model)
@@ -97,7 +98,7 @@ async def main() -> None:
     ap.add_argument("--model", default="embedded:qwen2.5-coder-1.5b")
     ap.add_argument("--suites", default="babyai,textworld,miniwob")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=5, help="episodes per task that fill the memory first (0: none)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="which of " + ", ".join(CONFIGS))
     ap.add_argument("--tasks", default="", help="keep tasks whose env id contains one of these (comma-separated)")
     ap.add_argument("--max-steps", type=int, default=20)
