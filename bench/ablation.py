@@ -34,10 +34,9 @@ CONFIGS = ("baseline", "reflection", "memory", "team")
 async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[str, dict]:
     suite = _subset(load_suite(name).with_seeds(args.seeds, 0), args)
     results = {}
-    for cfg in args.configs.split(","):
-        team = load_config(f"agents/{cfg}.yaml")
+    for cfg, config in configs(args.configs).items():
+        team = load_config(config)
         out = args.out / name / cfg
-        config = f"agents/{cfg}.yaml"
         if team.memory:  # a memory of its own per suite and configuration, warmed up on other seeds
             config += f",memory={out / 'memory.sqlite'}"
         if team.memory and args.warmup:  # --warmup 0: the memory starts empty and fills during the eval itself
@@ -51,6 +50,18 @@ async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[
         tokens = m["tokens_in"] + m["tokens_out"]
         print(f"{name} {cfg}: success {m['successes']}/{m['scored']}, {m['steps']:.1f} steps, {tokens:.0f} tokens")
     return results
+
+
+def configs(spec: str) -> dict[str, str]:
+    """Configuration label -> YAML file: a name of agents/ (baseline, reflection, …) or a YAML file of your own
+    (e.g. the team with a stronger manager), labelled by its file name."""
+    out = {}
+    for c in spec.split(","):
+        path = Path(f"agents/{c}.yaml") if c in CONFIGS else Path(c)
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            raise SystemExit(f"--configs: {c!r} is neither one of {', '.join(CONFIGS)} nor a YAML file")
+        out[path.stem] = str(path)
+    return out
 
 
 def _subset(suite: Suite, args: argparse.Namespace) -> Suite:
@@ -84,7 +95,8 @@ def plot(all_results: dict[str, dict[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(all_results), figsize=(4.2 * len(all_results), 3.2), squeeze=False)
     for ax, (suite, results) in zip(axes[0], all_results.items(), strict=True):
         colors = dict(zip(CONFIGS, ["#888", "#4c78a8", "#54a24b", "#f58518"], strict=True))
-        ax.bar(list(results), [100 * m["success_rate"] for m in results.values()], color=[colors[c] for c in results])
+        bars = [colors.get(c, "#b279a2") for c in results]
+        ax.bar(list(results), [100 * m["success_rate"] for m in results.values()], color=bars)
         ax.set_ylim(0, 100)
         ax.set_title(suite)
         ax.set_ylabel("success %")
@@ -99,15 +111,17 @@ async def main() -> None:
     ap.add_argument("--suites", default="babyai,textworld,miniwob")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5, help="episodes per task that fill the memory first (0: none)")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="which of " + ", ".join(CONFIGS))
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"{', '.join(CONFIGS)} or YAML files of yours")
     ap.add_argument("--tasks", default="", help="keep tasks whose env id contains one of these (comma-separated)")
     ap.add_argument("--max-steps", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = ap.parse_args()
-    unknown = set(args.configs.split(",")) - set(CONFIGS)
-    if unknown:
-        ap.error(f"--configs: unknown {', '.join(sorted(unknown))}; choose from {', '.join(CONFIGS)}")
+    for config in configs(args.configs).values():
+        try:  # a broken config fails now, in one line, not after the model has loaded
+            load_config(config)
+        except ValueError as e:
+            ap.error(str(e))
     model = load_model(args.model)
     try:
         results = {name: await run_suite(name, args, model) for name in args.suites.split(",")}
