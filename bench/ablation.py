@@ -60,6 +60,8 @@ def configs(spec: str) -> dict[str, str]:
         path = Path(f"agents/{c}.yaml") if c in CONFIGS else Path(c)
         if path.suffix not in (".yaml", ".yml") or not path.is_file():
             raise SystemExit(f"--configs: {c!r} is neither one of {', '.join(CONFIGS)} nor a YAML file")
+        if path.stem in out:  # the label names the cell's directory under --out: two configs must not share one
+            raise SystemExit(f"--configs: two configurations named {path.stem!r}; rename one of the files")
         out[path.stem] = str(path)
     return out
 
