@@ -34,8 +34,7 @@ CONFIGS = ("baseline", "reflection", "memory", "team")
 async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[str, dict]:
     suite = _subset(load_suite(name).with_seeds(args.seeds, 0), args)
     results = {}
-    for cfg, config in configs(args.configs).items():
-        team = load_config(config)
+    for cfg, (config, team) in args.teams.items():
         out = args.out / name / cfg
         if team.memory:  # a memory of its own per suite and configuration, warmed up on other seeds
             config += f",memory={out / 'memory.sqlite'}"
@@ -119,11 +118,10 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
     args = ap.parse_args()
-    for config in configs(args.configs).values():
-        try:  # a broken config fails now, in one line, not after the model has loaded
-            load_config(config)
-        except ValueError as e:
-            ap.error(str(e))
+    try:  # read once for every suite; a broken config fails now, in one line, not after the model has loaded
+        args.teams = {cfg: (path, load_config(path)) for cfg, path in configs(args.configs).items()}
+    except ValueError as e:
+        ap.error(str(e))
     model = load_model(args.model)
     try:
         results = {name: await run_suite(name, args, model) for name in args.suites.split(",")}
