@@ -9,6 +9,7 @@ from conftest import ScriptedModel
 from pistar.agent import Budget, ExpertAgent, LLMAgent, run_episode
 from pistar.envs import make_env
 from pistar.envs.babyai import BabyAIEnv
+from pistar.metrics import aggregate, episode_metrics
 from pistar.records import Trajectory
 from pistar.tools.calculator import calculator
 from pistar.viewer import render_html
@@ -88,6 +89,16 @@ async def test_a_crashing_environment_is_recorded_not_raised() -> None:
     traj = await run_episode(CrashingEnv(render=False), ExpertAgent(), 3)
     assert traj.stop_reason == "error" and "simulator segfault" in traj.error
     assert traj.num_steps == 3 and not traj.success
+
+
+async def test_a_prompt_outgrowing_the_context_ends_the_episode_as_a_scored_failure(small_model) -> None:  # noqa: ANN001
+    """The real 0.5B's 4,096-token slot cannot hold a prompt plus 4,000 tokens to generate: the agent's own doing, so
+    the episode counts as failed (not as an infrastructure error left out of the success rate)."""
+    agent = LLMAgent(small_model, max_tokens=4000)
+    traj = await run_episode(BabyAIEnv(render=False), agent, 0, Budget(max_steps=5))
+    assert traj.stop_reason == "context_full" and traj.error is None and not traj.success
+    m = aggregate([episode_metrics(traj)])
+    assert m["scored"] == 1 and m["errors"] == 0 and m["success_rate"] == 0.0
 
 
 async def test_trajectory_roundtrip_with_frames_and_html(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from conftest import SMALL, require
 
 from pistar.actions import ActionSpace
 from pistar.downloads import sha256_file
-from pistar.models import ModelError, ModelMissing, load_model, parse_uri, weights
+from pistar.models import ContextOverflow, ModelError, ModelMissing, load_model, parse_uri, weights
 from pistar.records import Action
 from pistar.tools.calculator import calculator
 
@@ -70,10 +70,16 @@ async def test_embedded_sampling_is_reproducible_by_seed(small_model) -> None:  
     assert runs[0].completion_ids != runs[2].completion_ids
 
 
-async def test_embedded_context_overflow_is_a_clear_error(small_model) -> None:  # noqa: ANN001
+async def test_context_overflow_is_a_clear_error_of_its_own_kind(small_model) -> None:  # noqa: ANN001
+    """Both backends name it the same way, so the agent loop can score it as the agent's failure."""
     long = [{"role": "user", "content": "word " * 5000}]
-    with pytest.raises(ModelError, match="exceeds the context"):
+    with pytest.raises(ContextOverflow, match="exceeds the context"):
         await small_model.complete(long, max_tokens=16)
+    server = load_model(f"openai:local@{small_model.base_url}/v1")  # llama.cpp's own server says it in its words
+    server._client_args["max_retries"] = 0
+    with pytest.raises(ContextOverflow, match="context size"):
+        await server.complete(long, max_tokens=16)
+    await server.aclose()
 
 
 async def test_openai_backend_keeps_many_requests_in_flight(small_model) -> None:  # noqa: ANN001

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pistar.actions import ActionError, ActionSpace
 from pistar.envs.base import Env
-from pistar.models.base import Completion, Model, ModelError
+from pistar.models.base import Completion, ContextOverflow, Model, ModelError
 from pistar.records import Action, ModelCall, Observation, Step, Trajectory, image_to_data_url
 from pistar.tools.base import Tool, ToolError
 
@@ -262,6 +262,9 @@ async def run_episode(
         t_step = time.perf_counter()
         try:
             decision = await agent.act(obs, env, traj.steps)
+        except ContextOverflow:  # the agent's prompt outgrew the model: its failure, scored like running out of steps
+            traj.stop_reason = "context_full"
+            break
         except ModelError as e:
             traj.error, traj.stop_reason = f"model failed: {e}", "error"
             break

@@ -112,7 +112,8 @@ class Trajectory:
     success: bool = False
     progress: float = 0.0  # in [0, 1]: the environment's partial credit (score / max score), success counts 1
     total_reward: float = 0.0
-    stop_reason: str = ""  # "terminated", "truncated", "max_steps", "max_tokens", "max_seconds", "answered", "error"
+    # "terminated", "truncated", "max_steps", "max_tokens", "max_seconds", "context_full", "answered", "error"
+    stop_reason: str = ""
     error: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)

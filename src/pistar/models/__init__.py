@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from pistar.models.base import Completion, Model, ModelError
+from pistar.models.base import Completion, ContextOverflow, Model, ModelError
 from pistar.models.weights import DEFAULT_MODEL, ModelMissing
 
 DEFAULT_URI = f"embedded:{DEFAULT_MODEL}"
@@ -56,4 +56,13 @@ def load_model(uri: str = DEFAULT_URI) -> Model:
     return HFModel(target, device=opt.get("device", "cpu"), dtype=opt.get("dtype", "float32"))
 
 
-__all__ = ["Completion", "DEFAULT_URI", "Model", "ModelError", "ModelMissing", "load_model", "parse_uri"]
+__all__ = [
+    "Completion",
+    "ContextOverflow",
+    "DEFAULT_URI",
+    "Model",
+    "ModelError",
+    "ModelMissing",
+    "load_model",
+    "parse_uri",
+]

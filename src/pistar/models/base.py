@@ -35,6 +35,11 @@ class ModelError(RuntimeError):
     """The backend failed (server down, timeout after retries, out of context); the message says what to do."""
 
 
+class ContextOverflow(ModelError):
+    """The prompt no longer fits the model's context. Unlike a backend failure this is the agent's own doing (its
+    history or its replies grew too long), so the loop ends the episode and scores it instead of excluding it."""
+
+
 class Model(ABC):
     """A chat model. `schema` (a JSON schema) asks the backend to constrain decoding where it can."""
 

@@ -19,7 +19,7 @@ import httpx
 
 from pistar.downloads import sha256_file
 from pistar.models import weights
-from pistar.models.base import Completion, Model, ModelError, text_only
+from pistar.models.base import Completion, ContextOverflow, Model, ModelError, text_only
 
 
 class EmbeddedModel(Model):
@@ -130,7 +130,7 @@ class EmbeddedModel(Model):
         t0 = time.perf_counter()
         prompt_ids = await self.tokenize(await self.render(messages))
         if len(prompt_ids) + max_tokens > self.slot_ctx:
-            raise ModelError(
+            raise ContextOverflow(
                 f"prompt of {len(prompt_ids)} tokens + {max_tokens} to generate exceeds the context of "
                 f"{self.slot_ctx} per slot: raise ctx= in the model URI or keep less history"
             )

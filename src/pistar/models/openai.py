@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from pistar.models.base import Completion, Model, ModelError, text_only
+from pistar.models.base import Completion, ContextOverflow, Model, ModelError, text_only
 
 
 class OpenAIModel(Model):
@@ -93,6 +93,9 @@ class OpenAIModel(Model):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
                 r = await client.chat.completions.create(**kwargs)
+            except self._openai.BadRequestError as e:  # vLLM, llama.cpp and OpenAI all name the context
+                error = ContextOverflow if "context" in str(e).lower() else ModelError
+                raise error(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}") from None
             except self._openai.APIError as e:
                 raise ModelError(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}") from None
             finally:
