@@ -11,6 +11,7 @@ import pytest
 
 from pistar.agent import Budget, ExpertAgent, run_episode
 from pistar.envs.babyai import BabyAIEnv
+from pistar.envs.textworld import TextWorldEnv
 from pistar.memory import LongTermMemory, Shortcut
 from pistar.metrics import episode_metrics
 from pistar.models.base import Completion, Model
@@ -135,6 +136,24 @@ async def test_a_shortcut_learned_in_one_episode_is_executed_in_a_later_one(tmp_
     assert memory.recall("babyai/GoToLocal", traj.task).shortcuts[0].uses >= 1 or any(
         s.uses for s in memory.recall("babyai/GoToLocal", traj.task, shortcuts=10).shortcuts
     )
+
+
+async def test_a_solved_example_shows_each_step_s_state_not_the_goal_again(tmp_path: Path) -> None:
+    """TextWorld opens every observation with the goal; the recalled example must show the rooms the expert saw."""
+    memory = LongTermMemory(tmp_path / "memory.sqlite")
+    env = TextWorldEnv("coin_collector")
+    solved = await run_episode(env, ExpertAgent(), 0)
+    assert solved.success and solved.steps[0].observation.text.startswith("Goal: ")
+    TeamAgent(RoleScript(["look"]), config=TeamConfig(), memory=memory).learn(solved)
+    model = RoleScript(["look"])
+    agent = TeamAgent(model, config=TeamConfig(examples=1), memory=memory)
+    await run_episode(env, agent, 1, Budget(max_steps=1))
+    system = model.seen[0][0]["content"]
+    example = system[system.index("A solved example") :].splitlines()[1:]
+    assert len(example) == solved.num_steps
+    assert not any(line.startswith("Goal:") for line in example)
+    assert all("-=" in line for line in example)  # each step names the room it was taken in
+    assert [line.rsplit(" -> ", 1)[1] for line in example] == [s.action.name for s in solved.steps]
 
 
 async def test_reflexion_retries_a_failed_episode_with_its_lesson_and_counts_all_tokens(tmp_path: Path) -> None:

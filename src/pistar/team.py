@@ -220,7 +220,7 @@ class TeamAgent(LLMAgent):
             parts.append("Tips from earlier tasks:\n" + "\n".join(f"- {t}" for t in tips))
         if r.examples:
             ex = r.examples[0]
-            lines = [f"{s['observation'][:160]} -> {s['action']}" for s in ex["steps"][:12]]
+            lines = [f"{_state(s['observation'], ex['task'])} -> {s['action']}" for s in ex["steps"][:12]]
             parts.append(f"A solved example (task: {ex['task']}):\n" + "\n".join(lines))
         if r.shortcuts:
             cuts = [f"- {SHORTCUT_PREFIX}{s.name} = {', '.join(s.actions)}" for s in r.shortcuts]
@@ -451,6 +451,13 @@ async def play(
     traj.config["earlier_attempts"] = earlier
     traj.config["reflections"] = agent.board.verdicts
     return traj
+
+
+def _state(observation: str, task: str) -> str:
+    """One line of a solved example: what the step saw, less the goal that a game's observation opens with (the
+    example's task is stated once above; cut at 160 characters, every line was that goal and none the room)."""
+    text = observation.strip().removeprefix(f"Goal: {task}")
+    return " ".join(text.split())[:160]
 
 
 def _text(content: Any) -> str:
