@@ -93,11 +93,10 @@ class OpenAIModel(Model):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
                 r = await client.chat.completions.create(**kwargs)
-            except self._openai.BadRequestError as e:  # vLLM, llama.cpp and OpenAI all name the context
-                error = ContextOverflow if "context" in str(e).lower() else ModelError
+            except self._openai.APIError as e:  # a 400 naming the context: vLLM's, llama.cpp's and OpenAI's wording
+                overflow = isinstance(e, self._openai.BadRequestError) and "context" in str(e).lower()
+                error = ContextOverflow if overflow else ModelError
                 raise error(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}") from None
-            except self._openai.APIError as e:
-                raise ModelError(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}") from None
             finally:
                 self.in_flight -= 1
         choice = r.choices[0]
