@@ -21,11 +21,14 @@ from pistar.train.data import Filters, build, split_of
 from pistar.train.model import TrainConfig, tiny_qwen2, tokenize_example
 from pistar.train.rl import (
     RLTrainer,
+    Turn,
     batch_logprobs,
+    by_prompt,
     clipped_surrogate,
     completion_logprobs,
     gae,
     grpo_advantages,
+    nested,
     train_rl,
     value_loss,
 )
@@ -258,6 +261,49 @@ def test_batched_turns_share_their_prompt_prefix_and_match_one_pass_each(tiny: P
         torch.testing.assert_close(h_b, h, atol=1e-5, rtol=1e-4)
     for g_b, g in zip(grads(batched), grads(alone), strict=True):
         torch.testing.assert_close(g_b, g, atol=1e-5, rtol=1e-3)
+
+
+def test_turns_that_extend_each_other_are_read_off_one_row(tiny: Path) -> None:
+    """With the history in the prompt, turn k+1 starts with turn k's prompt and reply: the batched pass runs the
+    longest turn of that run once and reads the others' log-probs, entropies, value states and gradients off it,
+    equal to a pass of their own; the update shuffles whole stretches of an episode."""
+    from pistar.train.model import load_policy, load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    model, _, _ = load_policy(TrainConfig(model=str(tiny), lora=False))
+    chat = [{"role": "system", "content": "You act in a grid world. " * 12}]
+    pairs = []
+    for see, reply in [("a red ball", "go forward"), ("a wall 1 step forward", "turn left"), ("a key", "pick up")]:
+        chat.append({"role": "user", "content": f"You see {see}."})
+        ids, start = tokenize_example(tok, chat, reply)
+        pairs.append((ids[:start], ids[start:]))
+        chat.append({"role": "assistant", "content": reply})
+    other = tokenize_example(tok, chat[:1] + [{"role": "user", "content": "You see a box."}], "turn right")
+    pairs.append((other[0][: other[1]], other[0][other[1] :]))
+    assert nested([p + c for p, c in pairs]) == [[0, 1, 2], [3]]  # the chat's turns extend each other token for token
+    embedded: list[int] = []
+    model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: embedded.append(inputs[0].numel()))
+
+    def grads(outputs: list[tuple[Any, Any, Any]]) -> list[Any]:
+        model.zero_grad()
+        sum(logp.sum() + h.sum() for logp, _, h in outputs).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    alone = [completion_logprobs(model, p, c, hidden=True) for p, c in pairs]
+    tokens_alone, embedded[:] = sum(embedded), []
+    batched = batch_logprobs(model, pairs, hidden=True)
+    longest = len(pairs[2][0]) + len(pairs[2][1])
+    assert sum(embedded) < longest + 60 < tokens_alone / 2  # one pass over the chat, one short row for the box
+    for (logp, entropy, h), (logp_b, entropy_b, h_b) in zip(alone, batched, strict=True):
+        torch.testing.assert_close(logp_b, logp, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(entropy_b, entropy, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(h_b, h, atol=1e-5, rtol=1e-4)
+    for g_b, g in zip(grads(batched), grads(alone), strict=True):
+        torch.testing.assert_close(g_b, g, atol=1e-5, rtol=1e-3)
+    turns = [Turn(p, c) for p, c in pairs]
+    box = len(pairs[3][0]) + len(pairs[3][1])
+    assert [len(chunk) for chunk in by_prompt(turns, longest + box)] == [4]  # two rows fit the token budget
+    assert [[turns.index(t) for t in chunk] for chunk in by_prompt(turns, longest)] == [[0, 1, 2], [3]]
 
 
 def test_sft_loss_falls_and_the_model_loads_back_into_the_hf_backend(runs: dict, tiny: Path, tmp_path: Path) -> None:

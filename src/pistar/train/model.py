@@ -60,8 +60,8 @@ class TrainConfig(BaseModel):
     kl_coef: float = 0.04
     clip: float = 0.2
     ppo_epochs: int = Field(1, ge=1)
-    minibatch: int = Field(8, ge=1)  # turns per optimizer step
-    micro_batch: int = Field(8, ge=1)  # turns per forward pass; they share one pass over their common prompt prefix
+    minibatch: int = Field(8, ge=1)  # turns per optimizer step (at most)
+    micro_tokens: int = Field(4096, ge=1)  # tokens per forward pass (turns that extend each other: one row)
     scale_rewards: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO)
     skip_equal_groups: bool = True  # GRPO: a group with equal returns has zero advantage; don't spend an update on it
     gamma: float = 1.0

@@ -98,30 +98,48 @@ def completion_logprobs(model: Any, prompt_ids: list[int], completion_ids: list[
     return batch_logprobs(model, [(prompt_ids, completion_ids)], hidden)[0]
 
 
+def nested(seqs: list[list[int]]) -> list[list[int]]:
+    """Indices of `seqs` in runs where each sequence starts with the one before: the turns of an agent that keeps
+    its history in the prompt, whose call k+1 begins with call k's prompt and reply token for token. Sorted, a
+    sequence is followed by those that extend it, so one pass over a run's last sequence serves the whole run."""
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and seqs[i][: len(seqs[runs[-1][-1]])] == seqs[runs[-1][-1]]:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 def batch_logprobs(
     model: Any, pairs: list[tuple[list[int], list[int]]], hidden: bool = False
 ) -> list[tuple[Any, Any, Any]]:
-    """`completion_logprobs` of several (prompt, completion) pairs in one forward pass. The prompts' common prefix
-    (system prompt, action space: most of an agent's prompt) runs once and its keys and values serve every row,
-    gradient included, so the pass costs the prefix once plus each row's own tokens. The LM head (a 151k-token
-    vocabulary on Qwen) runs only at the positions that predict completion tokens."""
+    """`completion_logprobs` of several (prompt, completion) pairs in one forward pass. A pair that another one
+    extends (an earlier turn of the same episode, when the prompt keeps the history) is read off that pair's row,
+    so an episode of n turns costs its length, not n prompts. The rows' common prefix (system prompt, action
+    space: most of an agent's prompt) runs once and its keys and values serve every row, gradient included. The LM
+    head (a 151k-token vocabulary on Qwen) runs only at the positions that predict completion tokens."""
     import torch
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     body, head = causal.get_decoder(), causal.get_output_embeddings()
     device = head.weight.device
-    prompts = [p for p, _ in pairs]
+    full = [p + c for p, c in pairs]
+    runs = nested(full)
+    row_of = {i: r for r, run in enumerate(runs) for i in run}
+    rows_full = [full[run[-1]] for run in runs]
     shared = 0
-    if len(pairs) > 1:  # every row keeps at least one prompt token: its last one predicts the first reply token
-        limit = min(map(len, prompts)) - 1
-        while shared < limit and all(p[shared] == prompts[0][shared] for p in prompts):
+    if len(runs) > 1:  # every pair keeps at least one prompt token: its last one predicts the first reply token
+        limit = min(len(p) for p, _ in pairs) - 1
+        while shared < limit and all(r[shared] == rows_full[0][shared] for r in rows_full):
             shared += 1
     cache = None
     if shared:
-        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        prefix = torch.tensor([rows_full[0][:shared]], device=device)
         cache = body(input_ids=prefix, use_cache=True).cache
-        cache.batch_repeat_interleave(len(pairs))
-    rows = [p[shared:] + c for p, c in pairs]
+        cache.batch_repeat_interleave(len(runs))
+    rows = [r[shared:] for r in rows_full]
     width = max(map(len, rows))
     ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
     mask = torch.zeros(len(rows), shared + width, dtype=torch.long, device=device)
@@ -134,21 +152,32 @@ def batch_logprobs(
         input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None
     ).last_hidden_state
     out = []
-    for i, (r, (_, completion)) in enumerate(zip(rows, pairs, strict=True)):
-        start = len(r) - len(completion)  # row position of the first completion token
-        logp_all = torch.log_softmax(head(states[i, start - 1 : len(r) - 1]).float(), -1)
-        target = ids[i, start : len(r)]
-        logp = logp_all.gather(-1, target[:, None])[:, 0]
+    for i, (prompt, completion) in enumerate(pairs):
+        r = row_of[i]
+        start = len(prompt) - shared  # row position of the first completion token
+        end = start + len(completion)
+        logp_all = torch.log_softmax(head(states[r, start - 1 : end - 1]).float(), -1)
+        logp = logp_all.gather(-1, ids[r, start:end, None])[:, 0]
         entropy = -(logp_all.exp() * logp_all).sum(-1)
-        out.append((logp, entropy, states[i, start - 1] if hidden else None))
+        out.append((logp, entropy, states[r, start - 1] if hidden else None))
     return out
 
 
-def by_prompt(turns: list[Turn], size: int) -> list[list[Turn]]:
-    """Turns in chunks of `size` for `batch_logprobs`, sorted by prompt so that a chunk's rows share the longest
-    prefix (turns of one episode share the task and the early observations)."""
-    ordered = sorted(turns, key=lambda t: t.prompt_ids)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+def by_prompt(turns: list[Turn], tokens: int) -> list[list[Turn]]:
+    """Turns in chunks for `batch_logprobs`: rows (runs of turns that extend each other, `nested`, kept whole)
+    packed up to `tokens` per chunk, a longer row alone. Sorted, so that a chunk's rows share the longest prompt
+    prefix. A budget in tokens, not rows (verl's dynamic batching): a row that holds a whole episode is long."""
+    full = [t.prompt_ids + t.completion_ids for t in turns]
+    chunks: list[list[Turn]] = []
+    used = tokens
+    for run in nested(full):
+        size = len(full[run[-1]])
+        if used + size > tokens:
+            chunks.append([])
+            used = 0
+        chunks[-1].extend(turns[i] for i in run)
+        used += size
+    return chunks
 
 
 class RLTrainer:
@@ -337,13 +366,13 @@ class RLTrainer:
 
     def _logprobs(self, turns: list[Turn], hidden: bool = False, model: Any = None) -> list[tuple[Any, Any, Any]]:
         """`batch_logprobs` of the turns (under the trained model by default), without gradient, in chunks of
-        micro_batch."""
+        micro_tokens."""
         import torch
 
         model = self.model if model is None else model
         found: dict[int, tuple[Any, Any, Any]] = {}
         with torch.no_grad():
-            for chunk in by_prompt(turns, self.config.micro_batch):
+            for chunk in by_prompt(turns, self.config.micro_tokens):
                 pairs = [(t.prompt_ids, t.completion_ids) for t in chunk]
                 found.update(zip(map(id, chunk), batch_logprobs(model, pairs, hidden), strict=True))
         return [found[id(t)] for t in turns]
@@ -415,14 +444,22 @@ class RLTrainer:
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clipfrac": 0.0, "value_loss": 0.0}
         tokens = 0
         hidden = self.value_head is not None
-        order = list(range(len(turns)))
+        # Shuffled in pieces of runs (`nested`: an episode's turns when the prompt keeps its history), so that a
+        # minibatch holds whole stretches of an episode, which cost one pass; without history a piece is one turn.
+        runs = nested([t.prompt_ids + t.completion_ids for t in turns])
+        pieces = [run[k : k + c.minibatch] for run in runs for k in range(0, len(run), c.minibatch)]
         for _ in range(c.ppo_epochs):
-            random.shuffle(order)
-            for start in range(0, len(order), c.minibatch):
-                batch = [turns[i] for i in order[start : start + c.minibatch]]
+            random.shuffle(pieces)
+            batches: list[list[int]] = [[]]
+            for piece in pieces:
+                if len(batches[-1]) + len(piece) > c.minibatch:
+                    batches.append([])
+                batches[-1].extend(piece)
+            for batch_ids in batches:
+                batch = [turns[i] for i in batch_ids]
                 n_tokens = sum(len(t.completion_ids) for t in batch)
                 self.optimizer.zero_grad()
-                for chunk in by_prompt(batch, c.micro_batch):
+                for chunk in by_prompt(batch, c.micro_tokens):
                     pairs = [(t.prompt_ids, t.completion_ids) for t in chunk]
                     loss = torch.zeros(())
                     for t, (logp, entropy, h) in zip(chunk, batch_logprobs(self.model, pairs, hidden), strict=True):
