@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pistar.evaluate import AgentSpec, evaluate, stop_on_sigterm  # noqa: E402
+from pistar.evaluate import AgentSpec, evaluate_shown, stop_on_sigterm  # noqa: E402
 from pistar.metrics import aggregate  # noqa: E402
 from pistar.models import load_model  # noqa: E402
 from pistar.suites import Suite, load_suite  # noqa: E402
@@ -41,9 +41,13 @@ async def run_suite(name: str, args: argparse.Namespace, model: object) -> dict[
         if team.memory and args.warmup:  # --warmup 0: the memory starts empty and fills during the eval itself
             warm = _subset(load_suite(name).with_seeds(args.warmup, 1000), args)
             spec = AgentSpec(model=args.model, team=config)
-            await evaluate(warm, spec, out / "warmup", concurrency=args.concurrency, model=model)
+            await evaluate_shown(
+                warm, spec, out / "warmup", f"{name} {cfg} warm-up", concurrency=args.concurrency, model=model
+            )
         spec = AgentSpec(model=args.model, team=config)
-        rows = await evaluate(suite, spec, out / "eval", concurrency=args.concurrency, model=model)
+        rows = await evaluate_shown(
+            suite, spec, out / "eval", f"{name} {cfg}", concurrency=args.concurrency, model=model
+        )
         results[cfg] = aggregate(rows)
         m = results[cfg]
         tokens = m["tokens_in"] + m["tokens_out"]

@@ -33,7 +33,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pistar.evaluate import AgentSpec, evaluate, stop_on_sigterm  # noqa: E402
+from pistar.evaluate import AgentSpec, evaluate_shown, stop_on_sigterm  # noqa: E402
 from pistar.metrics import aggregate  # noqa: E402
 from pistar.suites import Suite, TaskSpec  # noqa: E402
 from pistar.train.data import Filters, build  # noqa: E402
@@ -81,7 +81,7 @@ async def evaluate_stage(name: str, model_uri: str, args: argparse.Namespace) ->
         spec = policy(model_uri, args, reflector)
         t0 = time.perf_counter()
         out = args.out / f"eval_{label.replace('+', '_')}"
-        rows = await evaluate(suite(args.test_seeds, 0, args.max_steps), spec, out, concurrency=4)
+        rows = await evaluate_shown(suite(args.test_seeds, 0, args.max_steps), spec, out, label, concurrency=4)
         results[label] = by_kind(rows)
         print(
             f"{label}: "
@@ -127,7 +127,11 @@ def corrections(args: argparse.Namespace, sft_dir: Path) -> Path:
     if not (data / "summary.json").exists():
         played = args.out / "dagger_runs"
         spec = policy(embedded_uri(args.model, sft_dir), args)
-        asyncio.run(evaluate(suite(args.dagger_seeds, 1000, args.max_steps), spec, played, concurrency=4))
+        asyncio.run(
+            evaluate_shown(
+                suite(args.dagger_seeds, 1000, args.max_steps), spec, played, "dagger rollouts", concurrency=4
+            )
+        )
         summary = build(
             [args.out / "teacher", played],
             data,
@@ -170,7 +174,7 @@ def main() -> None:
 
     train = suite(args.train_seeds, 1000, args.max_steps)
     teacher = AgentSpec(kind="teacher", history=args.history)
-    asyncio.run(evaluate(train, teacher, args.out / "teacher", concurrency=4))
+    asyncio.run(evaluate_shown(train, teacher, args.out / "teacher", "teacher", concurrency=4))
     data = args.out / "data"
     if not (data / "summary.json").exists():
         summary = build([args.out / "teacher"], data, Filters(success=True), validation=0.1, pairs=False)

@@ -14,7 +14,7 @@ import pytest
 
 from pistar.agent import Decision
 from pistar.envs.babyai import BabyAIEnv
-from pistar.evaluate import AgentSpec, evaluate, load_run
+from pistar.evaluate import AgentSpec, evaluate, evaluate_shown, load_run
 from pistar.metrics import compare_success, episode_metrics, wilson
 from pistar.records import Action
 from pistar.suites import Suite, TaskSpec, load_suite
@@ -49,6 +49,22 @@ async def test_same_suite_and_seeds_give_identical_results_at_any_concurrency(tm
     assert [r["success"] for r in expert[:6]] == [True] * 6
     random_rows = outcome(await evaluate(suite, AgentSpec(kind="random"), tmp_path / "random1"))
     assert [r["success"] for r in random_rows] != [r["success"] for r in outcome(expert)]
+
+
+async def test_a_shown_run_prints_a_line_per_episode_and_says_when_it_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Benches play for hours through `evaluate_shown`: each finished episode is a line, a rerun says what it kept."""
+    suite = Suite("small", [TaskSpec(env="babyai/MixedTrainLocal/goto", seeds=3, max_steps=40)])
+    rows = await evaluate_shown(suite, AgentSpec(kind="expert"), tmp_path / "run", "goto expert", concurrency=2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("goto expert: ")]
+    assert len(rows) == 3 and all(r["success"] for r in rows)
+    assert sorted(line.split(" seed ")[1].split(",")[0] for line in lines) == ["0", "1", "2"]
+    assert all(" success babyai/MixedTrainLocal/goto seed " in line and "stop: terminated" in line for line in lines)
+    suite = Suite("small", [TaskSpec(env="babyai/MixedTrainLocal/goto", seeds=4, max_steps=40)])
+    await evaluate_shown(suite, AgentSpec(kind="expert"), tmp_path / "run", "goto expert")
+    out = capsys.readouterr().out
+    assert "resuming in" in out and "3 of 4 episodes already done" in out and out.count("success babyai") == 1
 
 
 def test_kill_9_mid_run_then_rerun_completes_without_duplicates(tmp_path: Path) -> None:

@@ -11,15 +11,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from pistar.models import DEFAULT_URI
@@ -202,7 +193,7 @@ def _spec(
 def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str | None, verbose: bool) -> None:  # noqa: ANN001
     """Run the suite with a progress bar and ETA, then print the summary table. Every error is one line."""
     from pistar.envs import Env, make_env
-    from pistar.evaluate import RunMismatch, evaluate, stop_on_sigterm
+    from pistar.evaluate import RunMismatch, evaluate, progress_bar, stop_on_sigterm
     from pistar.models import ModelError, ModelMissing
     from pistar.tools.base import ToolError
 
@@ -216,16 +207,7 @@ def _play(suite, spec, out: Path, concurrency: int, executor: str, address: str 
         probe.close()
         if spec.kind in ("expert", "teacher") and type(probe).expert_action is Env.expert_action:
             raise fail(f"{env_id} has no expert policy: use --agent llm or --agent random")
-    columns = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    ]
-    progress = Progress(*columns, console=console)
+    progress = progress_bar(console)
     bar = progress.add_task(f"{suite.name} episodes", total=None)
     many = concurrency > 1
 
@@ -486,18 +468,11 @@ def _train(kind: str, config) -> None:  # noqa: ANN001
 
 
 def _train_rl(kind: str, config) -> dict:  # noqa: ANN001
+    from pistar.evaluate import progress_bar
     from pistar.train.rl import RLTrainer, train_rl
 
     trainer = RLTrainer(config, kind)  # a bad config or missing model fails here, before the progress bar
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
+    with progress_bar(console) as bar:
         task = bar.add_task(kind, total=config.iterations)
         last = ""  # the latest iteration's figures, kept on the bar while the next one runs
 

@@ -285,6 +285,51 @@ async def evaluate(
         _close(None if given else model, mcp_servers)
 
 
+def progress_bar(console: Any = None) -> Any:
+    """A rich progress bar with the elapsed time and an ETA: what `pistar eval`, `pistar train` and the benches show."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, console=console
+    )
+
+
+async def evaluate_shown(suite: Suite, spec: AgentSpec, out: Path, label: str, **kwargs: Any) -> list[dict[str, Any]]:
+    """`evaluate` under a progress bar, with a line per finished episode: for scripts and benches whose runs take
+    hours (`pistar eval` draws its own, with the steps)."""
+    progress = progress_bar()
+    bar = progress.add_task(label, total=None)
+
+    def on_start(done: int, todo: int) -> None:
+        progress.update(bar, total=todo)
+        if done:
+            progress.console.print(
+                f"{label}: resuming in {out}, {done} of {done + todo} episodes already done", soft_wrap=True
+            )
+
+    def on_episode(episode: Episode, traj: Trajectory, metrics: dict[str, Any]) -> None:
+        result = "success" if traj.success else "failure"
+        progress.console.print(
+            f"{label}: {result} {episode.env_id} seed {episode.seed}, {traj.num_steps} steps, "
+            f"{traj.duration_s:.0f} s, stop: {traj.stop_reason}" + (f", {traj.error}" if traj.error else ""),
+            highlight=False,
+            soft_wrap=True,  # one line, also in a log file (off a terminal rich wraps at 80 columns)
+        )
+        progress.advance(bar)
+
+    with progress:
+        return await evaluate(suite, spec, out, on_start=on_start, on_episode=on_episode, **kwargs)
+
+
 def stop_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt, so a killed run unwinds: environments (browsers) and model servers
     close, finished episodes stay stored, and the caller can say where they are."""
