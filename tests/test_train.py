@@ -230,6 +230,32 @@ def test_rl_turn_loss_gives_prompt_tokens_zero_gradient(tiny: Path) -> None:
     assert float(grad[: start - 1].sum()) == 0.0 and bool((grad[start - 1 : -1] > 0).all())
 
 
+def batched_equals_one_pass_each(model: Any, pairs: list[tuple[list[int], list[int]]]) -> tuple[int, int]:
+    """Asserts `batch_logprobs` gives every pair the log-probs, entropies, value state and gradient of a pass of its
+    own; returns the tokens embedded by the separate passes and by the batched one."""
+    embedded: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda _m, i, _o: embedded.append(i[0].numel()))
+
+    def grads(outputs: list[tuple[Any, Any, Any]]) -> list[Any]:
+        model.zero_grad()
+        sum(logp.sum() + h.sum() for logp, _, h in outputs).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    alone = [completion_logprobs(model, p, c, hidden=True) for p, c in pairs]
+    tokens_alone, embedded[:] = sum(embedded), []
+    batched = batch_logprobs(model, pairs, hidden=True)
+    tokens_batched = sum(embedded)
+    hook.remove()
+    for (logp, entropy, h), (logp_b, entropy_b, h_b), (_, completion) in zip(alone, batched, pairs, strict=True):
+        assert logp.shape == (len(completion),)
+        torch.testing.assert_close(logp_b, logp, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(entropy_b, entropy, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(h_b, h, atol=1e-5, rtol=1e-4)
+    for g_b, g in zip(grads(batched), grads(alone), strict=True):
+        torch.testing.assert_close(g_b, g, atol=1e-5, rtol=1e-3)
+    return tokens_alone, tokens_batched
+
+
 def test_batched_turns_share_their_prompt_prefix_and_match_one_pass_each(tiny: Path) -> None:
     """The batched pass (common prefix once, right-padded rows) gives each turn the log-probs, entropies, value
     state and gradient of a pass of its own, while embedding fewer tokens than the separate passes."""
@@ -242,25 +268,8 @@ def test_batched_turns_share_their_prompt_prefix_and_match_one_pass_each(tiny: P
     for see, reply in [("a red ball", "go forward"), ("a wall 1 step forward", "turn left"), ("a key", "pick up it")]:
         ids, start = tokenize_example(tok, [system, {"role": "user", "content": f"You see {see}."}], reply)
         pairs.append((ids[:start], ids[start:]))
-    embedded: list[int] = []
-    model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: embedded.append(inputs[0].numel()))
-
-    def grads(outputs: list[tuple[Any, Any, Any]]) -> list[Any]:
-        model.zero_grad()
-        sum(logp.sum() + h.sum() for logp, _, h in outputs).backward()
-        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    alone = [completion_logprobs(model, p, c, hidden=True) for p, c in pairs]
-    tokens_alone, embedded[:] = sum(embedded), []
-    batched = batch_logprobs(model, pairs, hidden=True)
-    assert sum(embedded) < tokens_alone * 0.6  # the ~70-token system prompt ran once, not three times
-    for (logp, entropy, h), (logp_b, entropy_b, h_b), (_, completion) in zip(alone, batched, pairs, strict=True):
-        assert logp.shape == (len(completion),)
-        torch.testing.assert_close(logp_b, logp, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(entropy_b, entropy, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(h_b, h, atol=1e-5, rtol=1e-4)
-    for g_b, g in zip(grads(batched), grads(alone), strict=True):
-        torch.testing.assert_close(g_b, g, atol=1e-5, rtol=1e-3)
+    tokens_alone, tokens_batched = batched_equals_one_pass_each(model, pairs)
+    assert tokens_batched < tokens_alone * 0.6  # the ~70-token system prompt ran once, not three times
 
 
 def test_turns_that_extend_each_other_are_read_off_one_row(tiny: Path) -> None:
@@ -281,25 +290,9 @@ def test_turns_that_extend_each_other_are_read_off_one_row(tiny: Path) -> None:
     other = tokenize_example(tok, chat[:1] + [{"role": "user", "content": "You see a box."}], "turn right")
     pairs.append((other[0][: other[1]], other[0][other[1] :]))
     assert nested([p + c for p, c in pairs]) == [[0, 1, 2], [3]]  # the chat's turns extend each other token for token
-    embedded: list[int] = []
-    model.get_input_embeddings().register_forward_hook(lambda _m, inputs, _o: embedded.append(inputs[0].numel()))
-
-    def grads(outputs: list[tuple[Any, Any, Any]]) -> list[Any]:
-        model.zero_grad()
-        sum(logp.sum() + h.sum() for logp, _, h in outputs).backward()
-        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-    alone = [completion_logprobs(model, p, c, hidden=True) for p, c in pairs]
-    tokens_alone, embedded[:] = sum(embedded), []
-    batched = batch_logprobs(model, pairs, hidden=True)
+    tokens_alone, tokens_batched = batched_equals_one_pass_each(model, pairs)
     longest = len(pairs[2][0]) + len(pairs[2][1])
-    assert sum(embedded) < longest + 60 < tokens_alone / 2  # one pass over the chat, one short row for the box
-    for (logp, entropy, h), (logp_b, entropy_b, h_b) in zip(alone, batched, strict=True):
-        torch.testing.assert_close(logp_b, logp, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(entropy_b, entropy, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(h_b, h, atol=1e-5, rtol=1e-4)
-    for g_b, g in zip(grads(batched), grads(alone), strict=True):
-        torch.testing.assert_close(g_b, g, atol=1e-5, rtol=1e-3)
+    assert tokens_batched < longest + 60 < tokens_alone / 2  # one pass over the chat, one short row for the box
     turns = [Turn(p, c) for p, c in pairs]
     box = len(pairs[3][0]) + len(pairs[3][1])
     assert [len(chunk) for chunk in by_prompt(turns, longest + box)] == [4]  # two rows fit the token budget
