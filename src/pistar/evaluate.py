@@ -297,9 +297,15 @@ def progress_bar(console: Any = None) -> Any:
         TimeRemainingColumn,
     )
 
-    columns = (TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, console=console
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
     )
 
 
