@@ -170,7 +170,8 @@ def test_teacher_data_and_train_commands_fail_in_one_line_on_bad_input(tmp_path:
     for args, message in [
         (["data", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "is not a pistar run"),
         (["train", "sft", "--data", str(tmp_path / "d"), "--set", "lr=fast"], "lr: Input should be a valid number"),
-        (["train", "dpo", "--set", "bogus=1"], "bogus: Extra inputs are not permitted"),
+        (["train", "dpo", "--set", "bogus=1"], "bogus: unknown key"),
+        (["train", "grpo", "--set", "micro_batch=8"], "did you mean 'minibatch' or 'micro_tokens'?"),
         (["train", "dpo", "--data", str(tmp_path / "t")], "no dpo dataset here"),
         (["train", "grpo", "--model", SMALL], "online RL needs the tasks it plays"),
         (["train", "grpo", "--suite", "babyai", "--set", "rollout_model=vllm"], "rollout_model='vllm'"),

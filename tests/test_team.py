@@ -237,7 +237,8 @@ def test_agent_config_files_and_inline_and_their_errors(tmp_path: Path) -> None:
     for spec, message in [
         ("reasoning=telepathy", "reasoning: Input should be 'direct', 'cot' or 'plan'"),
         ("attempts=9", "attempts: Input should be less than or equal to 5"),
-        ("colour=blue", "colour: Extra inputs are not permitted"),
+        ("colour=blue", "colour: unknown key"),
+        ("action_reflection=true", "did you mean 'action_reflector'"),
         ("nonsense", "expected key=value"),
         ("missing.yaml", "does not exist"),
     ]:

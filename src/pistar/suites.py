@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pistar.configs import first_error
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -124,7 +126,5 @@ def load_suite(spec: str) -> Suite:
     try:
         parsed = _SuiteFile.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "top level"
-        raise ValueError(f"{path}: {where}: {err['msg']}") from None
+        raise ValueError(f"{path}: {first_error(e, _SuiteFile)}") from None
     return Suite(parsed.name, parsed.tasks)
