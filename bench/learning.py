@@ -217,7 +217,9 @@ def main() -> None:
     grpo_dir = args.out / grpo.replace("+", "_")
     curve: list[dict] = []
     if "grpo" in stages:
-        if not (grpo_dir / "pistar.json").exists():
+        log = grpo_dir / "log.jsonl"
+        done = len(log.read_text().splitlines()) if log.exists() else 0
+        if done < args.grpo_iterations:  # the trainer resumes from its checkpoint: a larger count trains on
             from pistar.train.rl import train_rl
 
             (args.out / "train_suite.yaml").write_text(json.dumps(train.to_dict()))
@@ -237,7 +239,7 @@ def main() -> None:
                 rollout_model="embedded",  # llama.cpp with the adapter as GGUF: rollouts at eval speed
             )
             train_rl(config, "grpo", on_iteration=lambda r: print("grpo", json.dumps(r), flush=True))
-        curve = [json.loads(line) for line in (grpo_dir / "log.jsonl").read_text().splitlines()]
+        curve = [json.loads(line) for line in log.read_text().splitlines()]
         results |= asyncio.run(evaluate_stage(grpo, embedded_uri(args.model, grpo_dir), args))
 
     # Rerunning some stages keeps the others' rows: every stage is evaluated in its own directory anyway.
