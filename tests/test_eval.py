@@ -215,7 +215,7 @@ def test_suite_files_and_their_errors(tmp_path: Path) -> None:
     cases = {
         "name: x\ntasks: []\n": "tasks: List should have at least 1 item",
         "name: x\ntasks:\n  - env: babyai/GoToLocal\n    seeds: 0\n": "seeds must be at least 1",
-        "name: x\ntasks:\n  - env: babyai/GoToLocal\n    sedes: 3\n": "tasks.0.sedes: unknown key, did you mean 'seeds'",
+        "name: x\ntasks:\n  - env: babyai/GoToLocal\n    sedes: 3\n": "0.sedes: unknown key, did you mean 'seeds'",
         "name: x\ntasks: [\n": "not valid YAML",
     }
     for text, message in cases.items():

@@ -18,7 +18,7 @@ from conftest import SMALL, require
 from pistar.evaluate import AgentSpec, evaluate
 from pistar.suites import Suite, TaskSpec
 from pistar.train.data import Filters, build, split_of
-from pistar.train.model import TrainConfig, tiny_qwen2, tokenize_example
+from pistar.train.model import TrainConfig, nested, tiny_qwen2, tokenize_example
 from pistar.train.rl import (
     RLTrainer,
     Turn,
@@ -28,7 +28,6 @@ from pistar.train.rl import (
     completion_logprobs,
     gae,
     grpo_advantages,
-    nested,
     train_rl,
     value_loss,
 )

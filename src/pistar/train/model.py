@@ -165,6 +165,20 @@ def _export_gguf(adapter: Path, base: str) -> str | None:
     return str(export_lora_gguf(adapter, adapter / "adapter.gguf", weights.resolve(base)))
 
 
+def nested(seqs: list[list[int]]) -> list[list[int]]:
+    """Indices of `seqs` in runs where each sequence starts with the one before: the turns of an agent that keeps
+    its history in the prompt, whose call k+1 begins with call k's prompt and reply token for token. Sorted, a
+    sequence is followed by those that extend it, so one pass over a run's last sequence serves the whole run."""
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and seqs[i][: len(seqs[runs[-1][-1]])] == seqs[runs[-1][-1]]:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 def tokenize_example(tokenizer: Any, messages: list[dict[str, Any]], completion: str) -> tuple[list[int], int]:
     """Token ids of prompt + reply as the chat template renders them, and where the reply starts.
 

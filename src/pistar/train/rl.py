@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pistar.train.model import TrainConfig, embeddable, is_adapter, load_policy, save_policy
+from pistar.train.model import TrainConfig, embeddable, is_adapter, load_policy, nested, save_policy
 
 
 @dataclass
@@ -96,20 +96,6 @@ def completion_logprobs(model: Any, prompt_ids: list[int], completion_ids: list[
     """Log-probs of the completion tokens under `model`, their entropies, and (for PPO) the last prompt token's
     final hidden state."""
     return batch_logprobs(model, [(prompt_ids, completion_ids)], hidden)[0]
-
-
-def nested(seqs: list[list[int]]) -> list[list[int]]:
-    """Indices of `seqs` in runs where each sequence starts with the one before: the turns of an agent that keeps
-    its history in the prompt, whose call k+1 begins with call k's prompt and reply token for token. Sorted, a
-    sequence is followed by those that extend it, so one pass over a run's last sequence serves the whole run."""
-    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
-    runs: list[list[int]] = []
-    for i in order:
-        if runs and seqs[i][: len(seqs[runs[-1][-1]])] == seqs[runs[-1][-1]]:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
 
 
 def batch_logprobs(

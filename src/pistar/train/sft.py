@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pistar.train.model import TrainConfig, load_policy, save_policy, tokenize_example
+from pistar.train.model import TrainConfig, load_policy, nested, save_policy, tokenize_example
 
 
 def tokenized(dataset: Any, tokenizer: Any, max_length: int) -> tuple[Any, int]:
@@ -39,21 +39,12 @@ def chains(rows: list[dict[str, Any]], encoded: list[tuple[list[int], int]]) -> 
     """Calls of one episode and role whose token ids each extend the one before (an agent keeping its history in
     the prompt) become one sequence that trains every reply once. The loss is that of one example per call, since
     each reply sees exactly the context of its own call, but the shared history is computed once: an episode of
-    n turns costs its length, not n prompts. A call that extends nothing starts a sequence of its own."""
-    groups: dict[Any, list[tuple[int, tuple[list[int], int]]]] = {}
+    n turns costs its length, not n prompts. A call that extends nothing starts a sequence of its own (`nested`)."""
+    groups: dict[Any, list[tuple[list[int], int]]] = {}
     for i, (row, enc) in enumerate(zip(rows, encoded, strict=True)):
         key = (row["episode"], row.get("role")) if row.get("episode") is not None else i
-        groups.setdefault(key, []).append((row.get("step") or 0, enc))
-    out: list[list[tuple[list[int], int]]] = []
-    for calls in groups.values():
-        chain: list[tuple[list[int], int]] = []
-        for _, (ids, start) in sorted(calls, key=lambda c: c[0]):
-            if chain and ids[: len(chain[-1][0])] != chain[-1][0]:
-                out.append(chain)
-                chain = []
-            chain.append((ids, start))
-        out.append(chain)
-    return out
+        groups.setdefault(key, []).append(enc)
+    return [[calls[i] for i in run] for calls in groups.values() for run in nested([ids for ids, _ in calls])]
 
 
 def trl_args(config: TrainConfig, cls: Any, out: Path, **extra: Any) -> Any:
