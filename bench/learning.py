@@ -1,7 +1,8 @@
 """What training buys on BabyAI: the same small model before training, after SFT on expert trajectories, after GRPO.
 
 Stages (each a directory under --out; rerunning skips what is done, so an interrupted bench resumes):
-  teacher   the BabyAI bot plays the training seeds, recording the prompts an LLM agent would see (--agent teacher)
+  teacher   the BabyAI bot plays the training seeds, recording the prompts an LLM agent would see (--agent teacher);
+            with --teacher-noise a share of its steps are random moves it then recovers from (DART)
   data      `pistar data build` of those runs (successes only), split by seed
   base      the untrained model on the held-out test seeds
   sft       LoRA SFT on the teacher data, then evaluated on the test seeds
@@ -153,6 +154,7 @@ def main() -> None:
     p.add_argument("--test-seeds", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=24)
     p.add_argument("--history", type=int, default=0, help="past turns in the prompt (24: the whole episode)")
+    p.add_argument("--teacher-noise", type=float, default=0.0, help="share of the bot's steps made random (DART)")
     p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--sft-epochs", type=float, default=1.0)
     p.add_argument("--sft-examples", type=int, default=300, help="0: all of them")
@@ -173,7 +175,7 @@ def main() -> None:
     results: dict[str, dict] = {}
 
     train = suite(args.train_seeds, 1000, args.max_steps)
-    teacher = AgentSpec(kind="teacher", history=args.history)
+    teacher = AgentSpec(kind="teacher", history=args.history, noise=args.teacher_noise)
     asyncio.run(evaluate_shown(train, teacher, args.out / "teacher", "teacher", concurrency=4))
     data = args.out / "data"
     if not (data / "summary.json").exists():

@@ -171,6 +171,7 @@ def test_teacher_data_and_train_commands_fail_in_one_line_on_bad_input(tmp_path:
         (["data", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "is not a pistar run"),
         (["train", "sft", "--data", str(tmp_path / "d"), "--set", "lr=fast"], "lr: Input should be a valid number"),
         (["train", "dpo", "--set", "bogus=1"], "bogus: unknown key"),
+        (["eval", "babyai", "--noise", "0.2"], "--noise applies to the expert and teacher agents only"),
         (["train", "grpo", "--set", "micro_batch=8"], "did you mean 'minibatch' or 'micro_tokens'?"),
         (["train", "dpo", "--data", str(tmp_path / "t")], "no dpo dataset here"),
         (["train", "grpo", "--model", SMALL], "online RL needs the tasks it plays"),

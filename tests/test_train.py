@@ -86,6 +86,38 @@ def test_teacher_runs_become_a_split_dataset_and_failures_become_corrections(run
     assert all(len(s) == 1 for s in sides.values())
 
 
+def test_a_noisy_teacher_shows_recoveries_and_its_random_moves_are_not_learned(tmp_path: Path) -> None:
+    """DART: a share of the teacher's steps take a random action; those have no reply to learn from, and the bot's
+    replies after them start from states a clean teacher never reaches (a wrong object picked up, then dropped)."""
+    from datasets import load_from_disk
+
+    from pistar.train.data import trajectories
+
+    s = suite("babyai/MixedTrainLocal/pickup", 20, 24, start=1000)
+    spec = AgentSpec(kind="teacher", history=24, noise=0.3)
+    asyncio.run(evaluate(s, spec, tmp_path / "a", concurrency=2))
+    asyncio.run(evaluate(s, spec, tmp_path / "b", concurrency=2))
+    played = {p: {t.seed: t for _, t in trajectories([tmp_path / p])} for p in "ab"}
+    assert {seed: [x.action for x in t.steps] for seed, t in played["a"].items()} == {
+        seed: [x.action for x in t.steps] for seed, t in played["b"].items()
+    }  # the noise is seeded per episode
+    steps = [x for t in played["a"].values() for x in t.steps]
+    random_moves = [x for x in steps if not x.calls]
+    assert 0.15 < len(random_moves) / len(steps) < 0.45
+    won = [t for t in played["a"].values() if t.success]
+    assert len(won) >= 15  # the bot recovers from most perturbations
+    recoveries = [
+        t.seed
+        for t in won
+        for before, after in zip(t.steps, t.steps[1:], strict=False)
+        if not before.calls and before.action.name == "pick up" and after.calls and after.action.name == "drop"
+    ]
+    assert recoveries, "no wrong pick-up was followed by the bot dropping it"
+    build([tmp_path / "a"], tmp_path / "ds", Filters(success=True), pairs=False, validation=0.0)
+    rows = load_from_disk(str(tmp_path / "ds" / "sft"))["train"]
+    assert len(rows) == sum(len(x.calls) for t in won for x in t.steps) < sum(len(t.steps) for t in won)
+
+
 def test_duplicates_are_dropped_and_counted(runs: dict, tmp_path: Path) -> None:
     """The same run read twice gives the same examples once: a copy adds weight, not information."""
     from datasets import load_from_disk

@@ -191,18 +191,28 @@ class ExpertAgent:
 
     name = "expert"
 
-    def __init__(self, tools: Sequence[Tool] = (), teacher: LLMAgent | None = None) -> None:
+    def __init__(
+        self, tools: Sequence[Tool] = (), teacher: LLMAgent | None = None, noise: float = 0.0, seed: int = 0
+    ) -> None:
         self.tools = list(tools)
         self.teacher = teacher
         if teacher is not None:
             self.name = "teacher"
+        self.noise = noise
+        self.rng = random.Random(seed)
 
     def config(self) -> dict[str, Any]:
+        noise = {"noise": self.noise} if self.noise else {}
         if self.teacher is not None:
-            return {**self.teacher.config(), "agent": "teacher"}
-        return {"agent": "expert"}
+            return {**self.teacher.config(), "agent": "teacher", **noise}
+        return {"agent": "expert", **noise}
 
     async def act(self, obs: Observation, env: Env, history: list[Step]) -> Decision:
+        if self.noise and obs.valid_actions and self.rng.random() < self.noise:
+            # DART: a random move, recorded without a model call so that no one learns it; the expert's next
+            # replies then show how to recover from the state it led to (put down what should not be carried,
+            # turn back), states a clean expert never visits and a trained policy's own mistakes do.
+            return Decision(Action("act", name=self.rng.choice(obs.valid_actions)))
         action = env.expert_action()
         if self.teacher is None:
             return Decision(action)

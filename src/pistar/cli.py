@@ -124,6 +124,13 @@ def eval_(
     unconstrained: UnconstrainedOpt = False,
     agent_config: AgentConfigOpt = None,
     sampling_seed: Annotated[int, typer.Option(help="Seed of the model's sampling (per episode and step).")] = 0,
+    noise: Annotated[
+        float,
+        typer.Option(
+            help="expert, teacher: the share of steps that take a random action (not recorded as a reply), so "
+            "the data shows recovering from mistakes (DART)."
+        ),
+    ] = 0.0,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<suite>-<agent>-<time>).")] = None,
     verbose: Annotated[bool, typer.Option(help="Print every step.")] = False,
 ) -> None:
@@ -150,6 +157,7 @@ def eval_(
         max_seconds,
         sampling_seed,
         agent_config,
+        noise,
     )
     out = out or Path("runs") / f"{chosen.name}-{agent}-{time.strftime('%Y%m%d-%H%M%S')}"
     _play(chosen, spec, out, concurrency, executor, address, verbose=verbose)
@@ -168,6 +176,7 @@ def _spec(
     max_seconds: float | None,
     seed: int,
     team: str | None = None,
+    noise: float = 0.0,
 ):  # noqa: ANN202 - AgentSpec, imported lazily to keep `pistar --help` fast
     from pistar.evaluate import AgentSpec, tools_by_name
 
@@ -185,6 +194,7 @@ def _spec(
             max_episode_tokens=max_tokens,
             max_seconds=max_seconds,
             team=team,
+            noise=noise,
         )
     except ValueError as e:
         raise fail(str(e)) from None

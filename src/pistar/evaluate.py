@@ -66,12 +66,17 @@ class AgentSpec:
     max_episode_tokens: int | None = None
     max_seconds: float | None = None
     team: str | None = None  # a TeamConfig: YAML file or inline key=value list (pistar.team)
+    noise: float = 0.0  # expert, teacher: the share of steps that take a random action instead (DART)
 
     def __post_init__(self) -> None:
         if self.kind not in ("llm", "expert", "random", "teacher"):
             raise ValueError(f"agent {self.kind!r}: expected llm, expert, random or teacher")
         if self.team is not None and self.kind != "llm":
             raise ValueError("--agent-config applies to the llm agent only")
+        if self.noise and self.kind not in ("expert", "teacher"):
+            raise ValueError("--noise applies to the expert and teacher agents only")
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"--noise {self.noise}: expected a share of steps, at least 0 and below 1")
         self.team_config()  # a broken config fails now, in one line
 
     def team_config(self) -> Any:
@@ -85,6 +90,8 @@ class AgentSpec:
         d["team"] = self.team_config().model_dump() if self.team else None
         if d["max_tokens"] is None:  # as runs recorded it when 160 was the spec's default: they still resume
             d["max_tokens"] = 160
+        if not d["noise"]:  # as runs recorded it before there was noise
+            d.pop("noise")
         if self.kind != "llm":
             for k in ("model", "temperature", "max_tokens", "constrained"):
                 d.pop(k)
@@ -114,11 +121,12 @@ class AgentSpec:
         """A fresh policy per episode: its sampling seed comes from the episode, so results do not depend on the
         order in which concurrent episodes happen to run."""
         tools = [*tools_by_name(self.tools), *extra_tools, *env.tools()]
-        if self.kind == "expert":
-            return ExpertAgent(tools)
-        if self.kind == "teacher":
-            return ExpertAgent(tools, LLMAgent(None, tools, history=self.history, answer=env.accepts_answers))
         episode_seed = zlib.crc32(f"{self.seed}:{episode.env_id}:{episode.seed}".encode())
+        if self.kind == "expert":
+            return ExpertAgent(tools, noise=self.noise, seed=episode_seed)
+        if self.kind == "teacher":
+            llm = LLMAgent(None, tools, history=self.history, answer=env.accepts_answers)
+            return ExpertAgent(tools, llm, noise=self.noise, seed=episode_seed)
         if self.kind == "random":
             return RandomAgent(episode_seed)
         assert model is not None
