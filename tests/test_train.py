@@ -330,6 +330,47 @@ def test_turns_that_extend_each_other_are_read_off_one_row(tiny: Path) -> None:
     assert [[turns.index(t) for t in chunk] for chunk in by_prompt(turns, longest)] == [[0, 1, 2], [3]]
 
 
+def test_activation_checkpointing_recomputes_layers_and_gives_the_same_logprobs_and_gradients(tiny: Path) -> None:
+    """`gradient_checkpointing=true` in RL: the decoder layers run again in backward (their activations were not
+    kept), and the batched turns get the log-probs and LoRA gradients of the pass that kept everything."""
+    from pistar.train.model import checkpoint_activations, load_policy, load_tokenizer
+
+    tok = load_tokenizer(str(tiny))
+    model, _, _ = load_policy(TrainConfig(model=str(tiny), lora=True))
+    model.train()
+    system = {"role": "system", "content": "You act in a grid world. " * 12}
+    pairs = []
+    for see, reply in [("a red ball", "go forward"), ("a wall 1 step forward", "turn left")]:
+        ids, start = tokenize_example(tok, [system, {"role": "user", "content": f"You see {see}."}], reply)
+        pairs.append((ids[:start], ids[start:]))
+    mlp = model.get_base_model().get_decoder().layers[0].mlp  # runs again when its layer is recomputed
+    calls: list[tuple[int, ...]] = []
+    forward = mlp.forward
+
+    def counted(x: Any) -> Any:  # not a forward hook: the recompute calls forward without __call__'s hooks
+        calls.append(tuple(x.shape[:2]))
+        return forward(x)
+
+    mlp.forward = counted
+
+    def run() -> tuple[list[Any], list[Any], list[tuple[int, ...]]]:
+        model.zero_grad()
+        calls.clear()
+        out = batch_logprobs(model, pairs)
+        sum(logp.sum() for logp, _, _ in out).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return [logp.detach() for logp, _, _ in out], grads, list(calls)
+
+    logps, grads, forwards = run()
+    checkpoint_activations(model)
+    logps_ckpt, grads_ckpt, forwards_ckpt = run()
+    assert forwards[0][0] == 1 and forwards[1][0] == 2  # the shared prompt prefix once, then the two rows after it
+    assert forwards_ckpt[0] == forwards_ckpt[1] and forwards_ckpt[0][0] == 2  # whole rows, recomputed in backward
+    assert len(grads) == len(grads_ckpt) > 0
+    for a, b in zip(logps + grads, logps_ckpt + grads_ckpt, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-3)
+
+
 def test_sft_loss_falls_and_the_model_loads_back_into_the_hf_backend(runs: dict, tiny: Path, tmp_path: Path) -> None:
     from pistar.models import load_model
     from pistar.train.sft import train_sft

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pistar.train.model import TrainConfig, embeddable, is_adapter, load_policy, nested, save_policy
+from pistar.train.model import (
+    TrainConfig,
+    checkpoint_activations,
+    embeddable,
+    is_adapter,
+    load_policy,
+    nested,
+    save_policy,
+)
 
 
 @dataclass
@@ -116,7 +124,9 @@ def batch_logprobs(
     row_of = {i: r for r, run in enumerate(runs) for i in run}
     rows_full = [full[run[-1]] for run in runs]
     shared = 0
-    if len(runs) > 1:  # every pair keeps at least one prompt token: its last one predicts the first reply token
+    # Activation checkpointing drops a layer's cache (its recompute would write it twice): no shared prefix then.
+    checkpointed = getattr(body, "gradient_checkpointing", False) and body.training and torch.is_grad_enabled()
+    if len(runs) > 1 and not checkpointed:  # each pair keeps a prompt token: its last predicts the first reply token
         limit = min(len(p) for p, _ in pairs) - 1
         while shared < limit and all(r[shared] == rows_full[0][shared] for r in rows_full):
             shared += 1
@@ -196,6 +206,8 @@ class RLTrainer:
         if is_adapter(resume):
             config = config.model_copy(update={"model": str(resume)})
         self.model, self.tokenizer, self.base = load_policy(config)
+        if config.gradient_checkpointing:  # a whole episode is one row: recompute activations instead of storing them
+            checkpoint_activations(self.model)
         if config.rollout_model == "embedded" and not (hasattr(self.model, "peft_config") and embeddable(self.base)):
             raise ValueError(
                 f"rollout_model=embedded needs a LoRA on a catalog model that is on disk, not {self.base!r} "
