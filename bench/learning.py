@@ -222,7 +222,7 @@ def main() -> None:
         log = grpo_dir / "log.jsonl"
         done = len(log.read_text().splitlines()) if log.exists() else 0
         if done < args.grpo_iterations:  # the trainer resumes from its checkpoint: a larger count trains on
-            from pistar.train.rl import train_rl
+            from pistar.train.rl import RLTrainer, train_rl
 
             (args.out / "train_suite.yaml").write_text(json.dumps(train.to_dict()))
             config = TrainConfig(
@@ -240,7 +240,9 @@ def main() -> None:
                 minibatch=16,
                 rollout_model="embedded",  # llama.cpp with the adapter as GGUF: rollouts at eval speed
             )
-            train_rl(config, "grpo", on_iteration=lambda r: print("grpo", json.dumps(r), flush=True))
+            trainer = RLTrainer(config, "grpo")
+            trainer.on_progress = lambda what: print("grpo", what, flush=True)  # episode k/n, update: hours on CPU
+            train_rl(config, "grpo", on_iteration=lambda r: print("grpo", json.dumps(r), flush=True), trainer=trainer)
         curve = [json.loads(line) for line in log.read_text().splitlines()]
         results |= asyncio.run(evaluate_stage(grpo, embedded_uri(args.model, grpo_dir), args))
 
